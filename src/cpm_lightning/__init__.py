@@ -1,0 +1,3 @@
+"""cpm_lightning: Convolutional Pose Machines with Lightning, Hydra and W&B."""
+
+__version__ = "0.1.0"
