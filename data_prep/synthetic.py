@@ -77,7 +77,9 @@ def _distractors(rng: np.random.Generator, image: np.ndarray, limb_width: float,
             _disc(image, rng.uniform(0, size, 2), limb_width * rng.uniform(1.2, 1.8), _colour(rng))
 
 
-def draw_person(rng: np.random.Generator, size: int = CROP_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+def draw_person(
+    rng: np.random.Generator, size: int = CROP_SIZE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """One synthetic image: (image RGB uint8, joints (14, 2), visibility (14,), centre, scale)."""
     height = rng.uniform(0.42, 0.62) * size  # head top to ankles when standing
     torso = 0.3 * height
@@ -121,9 +123,7 @@ def draw_person(rng: np.random.Generator, size: int = CROP_SIZE) -> tuple[np.nda
         for chain, colour in ((ARM_CHAIN, skin), (LEG_CHAIN, trousers)):
             points = [f"{side}_{chain[0][0]}", f"{side}_{chain[0][1]}", f"{side}_{chain[1][1]}"]
             limbs.append((points, colour, rng.random() < 0.3))
-    torso_polygon = np.array(
-        [joints[J["l_shoulder"]], joints[J["r_shoulder"]], joints[J["r_hip"]], joints[J["l_hip"]]]
-    )
+    torso_polygon = np.array([joints[J["l_shoulder"]], joints[J["r_shoulder"]], joints[J["r_hip"]], joints[J["l_hip"]]])
 
     def draw_limb(points: list[str], colour) -> None:
         for a, b in zip(points[:-1], points[1:]):

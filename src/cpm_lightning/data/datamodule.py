@@ -10,9 +10,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cpm_lightning.callbacks.fault_tolerance import resume_position
 from cpm_lightning.data.augment import AugmentConfig
 from cpm_lightning.data.dataset import PoseCrops
-from cpm_lightning.data.h5format import DataFileError, verify
+from cpm_lightning.data.h5format import verify
+from cpm_lightning.errors import ConfigError, DataFileError
 
 
 class MixedCrops(Dataset):
@@ -50,6 +52,7 @@ class EpochSampler(Sampler):
         self.seed = seed
         self.pad = pad
         self.epoch = 0
+        self.skip = 0  # samples of the next pass already trained on (a run resumed mid-epoch)
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at each epoch start
         self.epoch = epoch
@@ -72,8 +75,13 @@ class EpochSampler(Sampler):
             order += order[: total - len(order)]
         return order[rank::world]
 
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        """Make the next pass continue epoch `epoch` after its first `samples_done` samples."""
+        self.epoch, self.skip = epoch, samples_done
+
     def __iter__(self):
-        return iter([(self.epoch, i) for i in self._indices()])
+        indices, self.skip = self._indices()[self.skip :], 0
+        return iter([(self.epoch, i) for i in indices])
 
     def __len__(self) -> int:
         rank, world = self._world()
@@ -108,12 +116,12 @@ class PoseDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if input_size % stride:
-            raise ValueError(
+            raise ConfigError(
                 f"data.input_size={input_size} is not divisible by the model's stride {stride}: "
                 f"use a multiple of {stride} (e.g. {stride * max(1, round(input_size / stride))})."
             )
         if sigma <= 0:
-            raise ValueError(f"data.sigma={sigma} is invalid: it must be a positive number of pixels.")
+            raise ConfigError(f"data.sigma={sigma} is invalid: it must be a positive number of pixels.")
         self.train_files = [str(p) for p in ([train_files] if isinstance(train_files, str) else train_files)]
         self.val_file = str(val_file)
         self.test_file = None if test_file is None else str(test_file)
@@ -180,7 +188,13 @@ class PoseDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        loader = self._loader(self.train_set, train=True)
+        if self.trainer is not None:
+            # Lightning iterates this loader before it calls set_epoch: a resumed run must start
+            # at the restored epoch, past the batches it has already trained on.
+            epoch, batches_done = resume_position(self.trainer)
+            loader.sampler.resume_at(epoch, batches_done * self.batch_size)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, train=False)

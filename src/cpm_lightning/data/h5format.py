@@ -41,12 +41,10 @@ import cv2
 import h5py
 import numpy as np
 
+from cpm_lightning.errors import DataFileError
+
 FORMAT_VERSION = 1
 IMAGE_ENCODINGS = ("raw", "jpeg")
-
-
-class DataFileError(RuntimeError):
-    """A data file is missing, of another format version, truncated or inconsistent."""
 
 
 @dataclass
@@ -131,9 +129,7 @@ class CropWriter:
         if self.image_encoding == "raw":
             encoded = sample.image
         else:
-            ok, buf = cv2.imencode(
-                ".jpg", sample.image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
-            )
+            ok, buf = cv2.imencode(".jpg", sample.image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if not ok:
                 raise ValueError(f"could not JPEG-encode the crop of {sample.source_image}")
             encoded = buf.reshape(-1)
@@ -154,9 +150,7 @@ class CropWriter:
         c["others_offset"].append(np.array([self._num_others, others], np.int64))
         if others:
             self._others_joints.append(np.asarray(sample.others_joints, np.float32).reshape(others, num_joints, 2))
-            self._others_visibility.append(
-                np.asarray(sample.others_visibility, np.uint8).reshape(others, num_joints)
-            )
+            self._others_visibility.append(np.asarray(sample.others_visibility, np.uint8).reshape(others, num_joints))
         self._num_others += others
         self._count += 1
 
@@ -201,9 +195,7 @@ class CropWriter:
             np.concatenate(self._others_joints) if self._others_joints else np.zeros((0, num_joints, 2), np.float32)
         )
         f["others_visibility"] = (
-            np.concatenate(self._others_visibility)
-            if self._others_visibility
-            else np.zeros((0, num_joints), np.uint8)
+            np.concatenate(self._others_visibility) if self._others_visibility else np.zeros((0, num_joints), np.uint8)
         )
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["dataset"] = self.dataset
@@ -270,14 +262,12 @@ def verify(path: str | Path, make_command: str | None = None) -> dict:
             version = attrs.get("format_version")
             if version != FORMAT_VERSION:
                 raise DataFileError(
-                    f"Data file {path} has format version {version}, this code reads version "
-                    f"{FORMAT_VERSION}.{fix}"
+                    f"Data file {path} has format version {version}, this code reads version {FORMAT_VERSION}.{fix}"
                 )
             missing = [k for k in REQUIRED_ATTRS if k not in attrs] + [k for k in REQUIRED_DATASETS if k not in f]
             if missing or not attrs.get("complete", False):
                 raise DataFileError(
-                    f"Data file {path} is incomplete (missing: {', '.join(missing) or 'the completion mark'})."
-                    f"{fix}"
+                    f"Data file {path} is incomplete (missing: {', '.join(missing) or 'the completion mark'}).{fix}"
                 )
             n = len(f["joints"])
             for key in REQUIRED_DATASETS:
@@ -285,8 +275,7 @@ def verify(path: str | Path, make_command: str | None = None) -> dict:
                     continue
                 if len(f[key]) != n:
                     raise DataFileError(
-                        f"Data file {path} is inconsistent: '{key}' has {len(f[key])} entries, "
-                        f"'joints' has {n}.{fix}"
+                        f"Data file {path} is inconsistent: '{key}' has {len(f[key])} entries, 'joints' has {n}.{fix}"
                     )
             if n:
                 # Touch the last image: a truncated file fails here rather than in a worker.
@@ -295,7 +284,9 @@ def verify(path: str | Path, make_command: str | None = None) -> dict:
     except DataFileError:
         raise
     except (OSError, KeyError, ValueError) as err:
-        raise DataFileError(f"Data file {path} cannot be read as HDF5 ({err}); it is probably truncated.{fix}") from None
+        raise DataFileError(
+            f"Data file {path} cannot be read as HDF5 ({err}); it is probably truncated.{fix}"
+        ) from None
     attrs["joint_names"] = [str(n) for n in attrs["joint_names"]]
     attrs["provenance"] = json.loads(attrs["provenance"])
     return attrs

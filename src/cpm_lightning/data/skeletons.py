@@ -45,15 +45,35 @@ class Skeleton:
 LSP14 = Skeleton(
     name="lsp14",
     joint_names=(
-        "head_top", "neck",
-        "r_shoulder", "r_elbow", "r_wrist",
-        "l_shoulder", "l_elbow", "l_wrist",
-        "r_hip", "r_knee", "r_ankle",
-        "l_hip", "l_knee", "l_ankle",
+        "head_top",
+        "neck",
+        "r_shoulder",
+        "r_elbow",
+        "r_wrist",
+        "l_shoulder",
+        "l_elbow",
+        "l_wrist",
+        "r_hip",
+        "r_knee",
+        "r_ankle",
+        "l_hip",
+        "l_knee",
+        "l_ankle",
     ),  # fmt: skip
     limbs=(
-        (0, 1), (1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7),
-        (2, 8), (5, 11), (8, 9), (9, 10), (11, 12), (12, 13),
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4),
+        (1, 5),
+        (5, 6),
+        (6, 7),
+        (2, 8),
+        (5, 11),
+        (8, 9),
+        (9, 10),
+        (11, 12),
+        (12, 13),
     ),  # fmt: skip
 )
 
@@ -61,9 +81,15 @@ LSP14 = Skeleton(
 FLIC9 = Skeleton(
     name="flic9",
     joint_names=(
-        "l_shoulder", "l_elbow", "l_wrist",
-        "r_shoulder", "r_elbow", "r_wrist",
-        "l_hip", "r_hip", "head",
+        "l_shoulder",
+        "l_elbow",
+        "l_wrist",
+        "r_shoulder",
+        "r_elbow",
+        "r_wrist",
+        "l_hip",
+        "r_hip",
+        "head",
     ),  # fmt: skip
     limbs=((0, 1), (1, 2), (3, 4), (4, 5), (0, 3), (0, 6), (3, 7), (6, 7), (8, 0), (8, 3)),
 )

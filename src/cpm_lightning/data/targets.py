@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cpm_lightning.errors import ConfigError
+
 PAPER_INPUT_SIZE = 368
 PAPER_SIGMA = 7.0  # label Gaussian sigma in input pixels at 368x368
 PAPER_CENTRE_SIGMA = 21.0  # centre-map sigma in input pixels at 368x368
@@ -19,7 +21,7 @@ LABEL_FLOOR = 0.01  # the release zeroes label values below this
 def scaled_sigma(input_size: int, sigma_at_368: float = PAPER_SIGMA) -> float:
     """Sigma in input pixels, scaled with the input size as the release's 368 px setting."""
     if sigma_at_368 <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma_at_368}")
+        raise ConfigError(f"data.sigma={sigma_at_368} is invalid: it must be a positive number of pixels.")
     return sigma_at_368 * input_size / PAPER_INPUT_SIZE
 
 

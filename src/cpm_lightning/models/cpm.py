@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cpm_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class CPMConfig:
@@ -41,7 +43,7 @@ class CPMConfig:
     centre_map: bool = True
     share_trunk: bool = True  # stages >= 2 share one image trunk, as released
     dropout: float = 0.5  # after the two 512-channel stage-1 layers, training only
-    init: str = "paper"  # "paper": N(0, 0.01), zero bias; "kaiming": He-normal, zero bias
+    init: str = "paper"  # "paper": N(0, 0.01), zero bias; "kaiming": see reset_parameters
 
     def __post_init__(self) -> None:
         checks = {
@@ -56,7 +58,7 @@ class CPMConfig:
             checks[key] = (k >= 1 and k % 2 == 1, "an odd integer >= 1 (convs keep the map size)")
         for key, (ok, allowed) in checks.items():
             if not ok:
-                raise ValueError(f"model.{key}={getattr(self, key)!r} is invalid: it must be {allowed}.")
+                raise ConfigError(f"model.{key}={getattr(self, key)!r} is invalid: it must be {allowed}.")
 
     @property
     def stride(self) -> int:
@@ -156,9 +158,14 @@ class CPM(nn.Module):
         return self.config.num_stages
 
     def reset_parameters(self) -> None:
+        """"paper": every conv N(0, 0.01), as released. "kaiming": He-normal hidden convs (the
+        activations keep their scale through a BatchNorm-free stack) but N(0, 0.01) prediction
+        convs, so that training starts near the all-background answer instead of from large
+        random belief maps whose correction kills ReLUs (a long plateau on short runs)."""
+        prediction_convs = {id(self.stage1.head[-1])} | {id(stage.refine[-1]) for stage in self.stages}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                if self.config.init == "paper":
+                if self.config.init == "paper" or id(m) in prediction_convs:
                     nn.init.normal_(m.weight, std=0.01)
                 else:
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -185,17 +192,22 @@ class CPM(nn.Module):
             return pooled.expand(image.shape[0], -1, -1, -1)
         return self.centre_pool(centre_map)
 
-    def forward(self, image: torch.Tensor, centre_map: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, centre_map: torch.Tensor | None = None, num_stages: int | None = None
+    ) -> torch.Tensor:
+        """Belief maps of stages 1..num_stages (default all), stacked on dim 1."""
+
         def run(module: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
             if self.checkpoint_stages and self.training and torch.is_grad_enabled():
                 return checkpoint(module, *args, use_reentrant=False)
             return module(*args)
 
         beliefs = [run(self.stage1, image)]
-        if self.config.num_stages > 1:
+        num_stages = self.config.num_stages if num_stages is None else num_stages
+        if num_stages > 1:
             pooled = self.pooled_centre_map(image, centre_map) if self.config.centre_map else None
             shared = run(self.trunks[0], image) if self.config.share_trunk else None
-            for t, stage in enumerate(self.stages):
+            for t, stage in enumerate(self.stages[: num_stages - 1]):
                 trunk_features = shared if shared is not None else run(self.trunks[t], image)
                 beliefs.append(run(stage, trunk_features, beliefs[-1], pooled))
         return torch.stack(beliefs, dim=1)

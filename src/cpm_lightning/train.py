@@ -1,0 +1,82 @@
+"""`python -m cpm_lightning.train [+experiment=NAME] [key=value ...]`: fit, then report.
+
+Thin on purpose: compose the config, build the parts, fit, validate the best checkpoint, and
+write metrics.json into the run's output directory. Everything else lives in the library.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from cpm_lightning.errors import UserFacingError
+from cpm_lightning.module import CPMModule
+from cpm_lightning.reporting import print_stage_table, stage_metrics
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build(cfg: DictConfig) -> tuple[CPMModule, L.LightningDataModule, L.Trainer]:
+    """The module, datamodule and trainer of a composed config (used by train and tests)."""
+    module = CPMModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        scheme=OmegaConf.to_container(cfg.scheme, resolve=True),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        max_epochs=cfg.trainer.max_epochs,
+        protocol=cfg.data.protocol,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
+    )
+    datamodule = hydra.utils.instantiate(cfg.data, stride=module.model.stride)
+    datamodule.check_files("fit")  # a missing or stale file stops here, before any training
+    module.joint_names = datamodule.joint_names
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return module, datamodule, trainer
+
+
+def train(cfg: DictConfig) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    module, datamodule, trainer = build(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "model_info": module.describe()})
+    print(f"receptive field per stage (input px): {module.receptive_fields}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    # Report the checkpoint chosen on validation (never on test), on the validation split.
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    metrics = {
+        "experiment": cfg.name,
+        "split": "val",
+        "checkpoint": best,
+        **stage_metrics(results, "val", module),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+    }
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print_stage_table(metrics)
+        print(f"metrics: {output_dir / 'metrics.json'}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        metrics = train(cfg)
+    except UserFacingError as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        sys.exit(2)
+    return metrics["pck_final_stage"]  # for Hydra sweepers that optimise
+
+
+if __name__ == "__main__":
+    main()
