@@ -46,5 +46,11 @@ format: $(VENV)/.installed  ## ruff format and autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+bench: $(VENV)/.installed  ## run the benchmarks: benchmarks/results/*.json and the README table
+	$(PY) benchmarks/run_all.py $(ARGS)
+
+reproduce: $(VENV)/.installed $(SYNTHETIC)  ## the paper's Figs 4, 5, 6b, 6c on the synthetic set -> REPORT.md (MODE=quick|full)
+	$(PY) -m cpm_lightning.reproduce --mode $(or $(MODE),quick)
+
 clean:  ## remove outputs (keeps data/ and .venv/)
 	rm -rf outputs multirun test-artifacts .pytest_cache

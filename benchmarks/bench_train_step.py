@@ -1,21 +1,24 @@
 """Training images/s of the paper's 6-stage CPM at 368x368: ours versus plain eager fp32 NCHW.
 
 "ours" is what conf/trainer/gpu.yaml + channels_last=true run: bf16 autocast (GPU only; CPUs
-without bf16 units only get slower) and channels_last; `--compile` adds torch.compile. Both
+without bf16 units only get slower) and channels_last; "ours+compile" adds torch.compile. Both
 variants run in this one process on the same device, so their ratio is meaningful; on a GPU
 the MFU is achieved training FLOP/s over the card's dense bf16 peak.
 
-    python benchmarks/bench_train_step.py [--device cuda] [--batch 16] [--steps 20] [--compile]
+    python benchmarks/bench_train_step.py [--device cuda] [--batch 16] [--steps 20]
+        [--variants baseline,ours,ours+compile]
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from common import (
     H100_BF16_DENSE_TFLOPS,
     PAPER_INPUT,
+    RESULTS_DIR,
     machine,
     paper_model,
     pick_device,
@@ -55,9 +58,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 16 on GPU, 2 on CPU")
     parser.add_argument("--warmup", type=int, default=None, help="default: 5 on GPU, 1 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="default: 20 on GPU, 2 on CPU")
-    parser.add_argument("--compile", action="store_true", help="also time ours + torch.compile")
+    parser.add_argument(
+        "--variants", default="baseline,ours", help="comma-separated, baseline first: baseline, ours, ours+compile"
+    )
     parser.add_argument("--input", type=int, default=PAPER_INPUT, help="input size; < 368 only for smoke runs")
     parser.add_argument("--name", default="train_step", help="results/<name>.json")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     device = pick_device(args.device)
     gpu = device.type == "cuda"
@@ -66,7 +72,8 @@ def main() -> None:
     steps = args.steps or (20 if gpu else 2)
     if gpu:
         torch.backends.cudnn.benchmark = True
-    variants = ["baseline", "ours"] + (["ours+compile"] if args.compile else [])
+    variants = args.variants.split(",")
+    assert variants[0] == "baseline" and set(variants) <= {"baseline", "ours", "ours+compile"}, args.variants
     results = [measure(v, device, batch, warmup, steps, args.input) for v in variants]
     baseline = results[0]["images_per_s"]
     for r in results:
@@ -79,7 +86,7 @@ def main() -> None:
         "machine": machine(device),
         "results": results,
     }
-    write_result(args.name, record)
+    write_result(args.name, record, args.out_dir)
 
 
 if __name__ == "__main__":

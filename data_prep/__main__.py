@@ -14,6 +14,7 @@ DATASETS = {
     "lsp": "data_prep.lsp",
     "mpii": "data_prep.mpii",
     "flic": "data_prep.flic",
+    "verify": "data_prep.verify",
 }
 
 

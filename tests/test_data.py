@@ -67,9 +67,10 @@ def test_an_interrupted_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "val.h5"
     write_file(path)
     before = path.read_bytes()
-    with pytest.raises(KeyboardInterrupt), CropWriter(
-        path, "unit", "val", list(LSP14.joint_names), list(LSP14.flip_pairs), (32, 32)
-    ) as writer:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        CropWriter(path, "unit", "val", list(LSP14.joint_names), list(LSP14.flip_pairs), (32, 32)) as writer,
+    ):
         writer.add(CropSample(np.zeros((32, 32, 3), np.uint8), np.zeros((14, 2)), np.zeros(14), np.zeros(2), 1.0,
                               np.eye(2, 3)))  # fmt: skip
         raise KeyboardInterrupt
@@ -130,7 +131,9 @@ def test_sample_shapes_and_input_to_source(data_dir):
 def test_augmentation_is_a_function_of_seed_epoch_and_index(data_dir):
     path = data_dir / "synthetic" / "train.h5"
     dataset = PoseCrops(path, 128, 4, augment=AugmentConfig(), seed=1)
-    assert torch.equal(dataset[(2, 5)]["image"], PoseCrops(path, 128, 4, augment=AugmentConfig(), seed=1)[(2, 5)]["image"])
+    assert torch.equal(
+        dataset[(2, 5)]["image"], PoseCrops(path, 128, 4, augment=AugmentConfig(), seed=1)[(2, 5)]["image"]
+    )
     assert not torch.equal(dataset[(2, 5)]["image"], dataset[(3, 5)]["image"])
 
 

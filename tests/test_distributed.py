@@ -53,7 +53,7 @@ def run_ddp_script(tmp: Path, mode: str, data_dir: Path, out: Path, overrides: l
     script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
     run = subprocess.run(
         [sys.executable, str(script), mode, str(data_dir), str(out), json.dumps(overrides)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
 
@@ -116,9 +116,24 @@ def test_submitit_local_two_job_sweep(tmp_path, data_dir):
     run = subprocess.run(
         [sys.executable, "-m", "cpm_lightning.train", "-m", "hydra/launcher=submitit_local",
          f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}", "seed=0,1", *TINY],
-        cwd=REPO, env={**os.environ, "CPM_DATA_DIR": str(data_dir)}, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env={**os.environ, "CPM_DATA_DIR": str(data_dir)}, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     metrics = [json.loads((sweep / str(job) / "metrics.json").read_text()) for job in (0, 1)]
     assert all(0.0 <= m["pck_final_stage"] <= 1.0 for m in metrics)
     assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2  # each job ran as its own process
+
+
+@pytest.mark.slow
+def test_ddp_spawn_inside_a_multirun_runs_each_job_once(tmp_path, data_dir):
+    """The single-machine workaround: DDP ranks spawned (not re-launched) in a 2-job sweep."""
+    sweep = tmp_path / "sweep"
+    run = subprocess.run(
+        [sys.executable, "-m", "cpm_lightning.train", "-m", "trainer=ddp_sim", "trainer.strategy.start_method=spawn",
+         f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}", "seed=0,1", *TINY],
+        cwd=REPO, env={**os.environ, "CPM_DATA_DIR": str(data_dir)}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no re-run sweep
+    for job in (0, 1):
+        assert json.loads((sweep / str(job) / "metrics.json").read_text())["global_step"] == 3

@@ -4,12 +4,18 @@ channels_last reproduces the outputs, to float tolerance."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import lightning as L
 import pytest
 import torch
 
 from cpm_lightning.models.cpm import CPM
 from cpm_lightning.train import build
+from tests.conftest import REPO
 
 # A 3-stage CPM small enough for exact comparisons in a fraction of a second.
 TINY_CPM = dict(
@@ -131,3 +137,27 @@ def test_compiled_model_matches_eager():
     out_compiled, grads_compiled = gradients(compiled, image)
     torch.testing.assert_close(out_compiled, out_eager, rtol=1e-4, atol=1e-5)
     assert_same_gradients(grads_compiled, grads_eager, tol=1e-5)
+
+
+def test_gpu_check_training_step_runs_without_hydra_albumentations_wandb(tmp_path):
+    """benchmarks/gpu_check.sh runs bench_train_step.py on bare GPU machines: run it here (CPU,
+    tiny input) with those packages made unimportable, and check the JSON it writes."""
+    blocker = (
+        "import runpy, sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, *args):\n"
+        "        if name.split('.')[0] in {'hydra', 'omegaconf', 'albumentations', 'wandb', 'torchmetrics', 'cv2'}:\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['bench_train_step.py', *sys.argv[1:]]\n"
+        "runpy.run_path('benchmarks/bench_train_step.py', run_name='__main__')\n"
+    )
+    args = ["--device", "cpu", "--input", "32", "--batch", "1", "--warmup", "0", "--steps", "1"]
+    subprocess.run(
+        [sys.executable, "-c", blocker, *args, "--out-dir", str(tmp_path), "--name", "check"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "benchmarks")}, check=True, capture_output=True,
+    )  # fmt: skip
+    record = json.loads((tmp_path / "check.json").read_text())
+    assert [r["variant"] for r in record["results"]] == ["baseline", "ours"]
+    assert all(r["images_per_s"] > 0 for r in record["results"])
+    assert record["results"][0]["speedup_vs_baseline"] == 1.0

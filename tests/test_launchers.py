@@ -175,7 +175,7 @@ def test_gpu_pool_sweep_gives_each_job_its_own_gpu(tmp_path, data_dir):
         [sys.executable, "-m", "cpm_lightning.train", "-m", "hydra/launcher=gpu_pool", "hydra.launcher.gpus=[0,1]",
          "hydra.launcher.poll_seconds=0.2", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}",
          "hydra.sweep.subdir=${hydra.job.num}", "seed=0,1,2", seen, *TINY],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assigned = {int(job): gpu for job, gpu in re.findall(r"#(\d+) on GPU (\d+)", run.stdout + run.stderr)}

@@ -20,7 +20,7 @@ SWEEPS = {"synthetic_rf_sweep": "cpm_small", "flic_rf_sweep": "cpm_flic"}
 
 def composed(overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     return OmegaConf.to_container(cfg, resolve=False)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -106,6 +108,7 @@ def test_no_intermediate_sends_gradient_from_the_last_stage_loss_only(tiny_confi
 
     torch.manual_seed(0)
     scheme_grads = gradients(module.training_step(batch, 0))
+
     def losses() -> torch.Tensor:
         return stage_losses(module(batch["image"]), batch["belief_maps"], batch["belief_maps_all"])
 
@@ -116,7 +119,7 @@ def test_no_intermediate_sends_gradient_from_the_last_stage_loss_only(tiny_confi
 
 def test_finetune_starts_from_exactly_the_stagewise_weights(tiny_config, tmp_path):
     _, trainer = fit(tiny_config("scheme=stagewise", "trainer.max_epochs=3", "+trainer.num_sanity_val_steps=0"))
-    stagewise_ckpt = trainer.checkpoint_callback.last_model_path
+    stagewise_ckpt = str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     stagewise = torch.load(stagewise_ckpt, weights_only=False)
     assert stagewise["scheme"] == {
         "name": "stagewise",

@@ -84,6 +84,10 @@ class CPMModule(L.LightningModule):
             self.apply_phase()
         return self
 
+    def on_train_start(self) -> None:
+        # A run resumed mid-epoch skips on_train_epoch_start for that epoch: set its phase here.
+        self.apply_phase()
+
     def on_train_epoch_start(self) -> None:
         self.apply_phase()
         self.log("train/phase", float(self.scheme.phase_index(self.current_epoch)), on_epoch=True)
@@ -144,9 +148,10 @@ class CPMModule(L.LightningModule):
 
     def _log_pck(self, prefix: str, metric: StagePCK) -> None:
         result = metric.compute()
-        for t, value in enumerate(result["mean"]):
+        per_stage = result["mean"].reshape(-1)  # torchmetrics squeezes a 1-stage (1,) result to 0-d
+        for t, value in enumerate(per_stage):
             self.log(f"{prefix}/pck_stage{t + 1}", value.float())
-        self.log(f"{prefix}/pck", result["mean"][-1].float(), prog_bar=True)
+        self.log(f"{prefix}/pck", per_stage[-1].float(), prog_bar=True)
         metric.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -45,10 +45,10 @@ class Figure:
 
 
 FIGURES = (
-    Figure("fig4", "Figure 4: accuracy vs receptive field", {"synthetic": "synthetic_rf_sweep", "lsp": "flic_rf_sweep"},
-           "receptive field (px)"),
-    Figure("fig5", "Figure 5: gradient magnitude at depth", {"synthetic": "synthetic_gradients", "lsp": "lsp_gradients"},
-           "scheme"),
+    Figure("fig4", "Figure 4: accuracy vs receptive field",
+           {"synthetic": "synthetic_rf_sweep", "lsp": "flic_rf_sweep"}, "receptive field (px)"),
+    Figure("fig5", "Figure 5: gradient magnitude at depth",
+           {"synthetic": "synthetic_gradients", "lsp": "lsp_gradients"}, "scheme"),
     Figure("fig6b", "Figure 6b: training schemes", {"synthetic": "synthetic_schemes", "lsp": "lsp_schemes"}, "scheme"),
     Figure("fig6c", "Figure 6c: number of stages", {"synthetic": "synthetic_stages_sweep", "lsp": "lsp_stages_sweep"},
            "stages"),
@@ -103,8 +103,9 @@ BUDGETS = {
     },
     # Real data: the experiment configs' own epochs; the caller adds the budget with --override.
     "lsp": {
-        "quick": Budget(seeds=(0,), overrides=_steps(epochs=1, train_batches=2, val_batches=1, batch_size=4),
-                        judged=False),  # fmt: skip
+        "quick": Budget(
+            seeds=(0,), overrides=_steps(epochs=1, train_batches=2, val_batches=1, batch_size=4), judged=False
+        ),  # fmt: skip
         "full": Budget(seeds=(0, 1), overrides=()),
     },
 }
@@ -329,8 +330,12 @@ def write_report(path: Path, mode: str, data: str, budget: Budget, sections: lis
         "",
         *(f"- **{key}**: {text}" for key, text in CLAIMS.items()),
         "",
-        "Verdicts: " + ("PASS or FAIL per claim below." if budget.judged else "none in quick mode (it proves the "
-                        "machinery; its runs are too short to judge)."),  # fmt: skip
+        "Verdicts: "
+        + (
+            "PASS or FAIL per claim below."
+            if budget.judged
+            else "none in quick mode (it proves the machinery; its runs are too short to judge)."
+        ),  # fmt: skip
         "",
     ]
     path.write_text("\n".join(header + sections) + "\n")

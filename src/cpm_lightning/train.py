@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from cpm_lightning.callbacks.fault_tolerance import resolve_ckpt_path
 from cpm_lightning.errors import UserFacingError
 from cpm_lightning.module import CPMModule
 from cpm_lightning.reporting import print_stage_table, stage_metrics
@@ -41,6 +42,14 @@ def build(cfg: DictConfig) -> tuple[CPMModule, L.LightningDataModule, L.Trainer]
     return module, datamodule, trainer
 
 
+def _is_multirun() -> bool:
+    """In a sweep the sibling folders are other jobs, so ckpt_path=last must not look there."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -48,7 +57,8 @@ def train(cfg: DictConfig) -> dict:
     for logger in trainer.loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "model_info": module.describe()})
     print(f"receptive field per stage (input px): {module.receptive_fields}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir, search_siblings=not _is_multirun())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     # Report the checkpoint chosen on validation (never on test), on the validation split.
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -81,8 +81,9 @@ def decode_belief_maps(belief_maps: torch.Tensor, stride: int, subpixel: bool = 
     """Peak of each part map in input pixels: (..., J + 1, h, w) -> (..., J, 2).
 
     The background channel (last) is dropped. With `subpixel`, the argmax cell is refined by
-    a quadratic fit through its neighbours along x and y (at most half a cell), which
-    removes most of the stride-8 quantisation error.
+    a parabola through the LOG of it and its neighbours along x and y (at most half a cell):
+    the log of a Gaussian is a parabola, so an ideal label decodes exactly, and the stride
+    quantisation error of a network's smooth peak mostly goes.
     """
     parts = belief_maps[..., :-1, :, :]
     h, w = parts.shape[-2:]
@@ -94,15 +95,15 @@ def decode_belief_maps(belief_maps: torch.Tensor, stride: int, subpixel: bool = 
     y = gy.to(parts.dtype)
     if subpixel:
 
-        def value(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        def log_value(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
             yy = (gy + dy).clamp(0, h - 1)
             xx = (gx + dx).clamp(0, w - 1)
-            return flat.gather(-1, (yy * w + xx).unsqueeze(-1)).squeeze(-1)
+            return flat.gather(-1, (yy * w + xx).unsqueeze(-1)).squeeze(-1).clamp(min=1e-6).log()
 
         zero, one = torch.zeros_like(gx), torch.ones_like(gx)
-        centre = value(zero, zero)
-        x = x + _parabola_offset(value(zero, -one), centre, value(zero, one), gx, w)
-        y = y + _parabola_offset(value(-one, zero), centre, value(one, zero), gy, h)
+        centre = log_value(zero, zero)
+        x = x + _parabola_offset(log_value(zero, -one), centre, log_value(zero, one), gx, w)
+        y = y + _parabola_offset(log_value(-one, zero), centre, log_value(one, zero), gy, h)
     offset = (stride - 1) / 2.0
     return torch.stack([offset + stride * x, offset + stride * y], dim=-1)
 

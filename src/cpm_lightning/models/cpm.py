@@ -44,6 +44,7 @@ class CPMConfig:
     share_trunk: bool = True  # stages >= 2 share one image trunk, as released
     dropout: float = 0.5  # after the two 512-channel stage-1 layers, training only
     init: str = "paper"  # "paper": N(0, 0.01), zero bias; "kaiming": see reset_parameters
+    norm: str = "none"  # "none" as released; "batch": BatchNorm after every hidden conv (fast CPU runs)
 
     def __post_init__(self) -> None:
         checks = {
@@ -52,6 +53,7 @@ class CPMConfig:
             "num_pools": (self.num_pools >= 0, "an integer >= 0"),
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
             "init": (self.init in ("paper", "kaiming"), "'paper' or 'kaiming'"),
+            "norm": (self.norm in ("none", "batch"), "'none' or 'batch'"),
         }
         for key in ("trunk_kernel", "feature_kernel", "stage1_kernel", "stage_kernel"):
             k = getattr(self, key)
@@ -65,9 +67,14 @@ class CPMConfig:
         return 2**self.num_pools
 
 
-def conv(in_channels: int, out_channels: int, kernel: int, relu: bool = True) -> list[nn.Module]:
+def conv(in_channels: int, out_channels: int, kernel: int, norm: str = "none", relu: bool = True) -> list[nn.Module]:
+    """Conv (stride 1, same size), then BatchNorm if asked (never on a prediction conv), then ReLU."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)]
-    return [*layers, nn.ReLU(inplace=True)] if relu else layers
+    if not relu:
+        return layers
+    if norm == "batch":
+        layers.append(nn.BatchNorm2d(out_channels))
+    return [*layers, nn.ReLU(inplace=True)]
 
 
 def image_trunk(config: CPMConfig) -> nn.Sequential:
@@ -75,7 +82,7 @@ def image_trunk(config: CPMConfig) -> nn.Sequential:
     layers: list[nn.Module] = []
     in_channels = 3
     for _ in range(config.num_pools):
-        layers += conv(in_channels, config.trunk_channels, config.trunk_kernel)
+        layers += conv(in_channels, config.trunk_channels, config.trunk_kernel, config.norm)
         layers.append(nn.MaxPool2d(config.pool_kernel, stride=2, ceil_mode=True))
         in_channels = config.trunk_channels
     return nn.Sequential(*layers)
@@ -90,10 +97,10 @@ class Stage1(nn.Module):
         trunk_out = c.trunk_channels if c.num_pools else 3
         self.trunk = image_trunk(c)
         self.head = nn.Sequential(
-            *conv(trunk_out, c.feature_channels, c.feature_kernel),
-            *conv(c.feature_channels, c.stage1_channels, c.stage1_kernel),
+            *conv(trunk_out, c.feature_channels, c.feature_kernel, c.norm),
+            *conv(c.feature_channels, c.stage1_channels, c.stage1_kernel, c.norm),
             nn.Dropout(c.dropout),
-            *conv(c.stage1_channels, c.stage1_channels, 1),
+            *conv(c.stage1_channels, c.stage1_channels, 1, c.norm),
             nn.Dropout(c.dropout),
             *conv(c.stage1_channels, c.num_parts + 1, 1, relu=False),
         )
@@ -109,13 +116,13 @@ class StageT(nn.Module):
         super().__init__()
         c = config
         trunk_out = c.trunk_channels if c.num_pools else 3
-        self.features = nn.Sequential(*conv(trunk_out, c.feature_channels, c.feature_kernel))
+        self.features = nn.Sequential(*conv(trunk_out, c.feature_channels, c.feature_kernel, c.norm))
         in_channels = c.feature_channels + c.num_parts + 1 + int(c.centre_map)
         layers: list[nn.Module] = []
         for _ in range(c.stage_layers):
-            layers += conv(in_channels, c.stage_channels, c.stage_kernel)
+            layers += conv(in_channels, c.stage_channels, c.stage_kernel, c.norm)
             in_channels = c.stage_channels
-        layers += conv(in_channels, c.stage_channels, 1)
+        layers += conv(in_channels, c.stage_channels, 1, c.norm)
         layers += conv(c.stage_channels, c.num_parts + 1, 1, relu=False)
         self.refine = nn.Sequential(*layers)
 
@@ -158,7 +165,7 @@ class CPM(nn.Module):
         return self.config.num_stages
 
     def reset_parameters(self) -> None:
-        """"paper": every conv N(0, 0.01), as released. "kaiming": He-normal hidden convs (the
+        """ "paper": every conv N(0, 0.01), as released. "kaiming": He-normal hidden convs (the
         activations keep their scale through a BatchNorm-free stack) but N(0, 0.01) prediction
         convs, so that training starts near the all-background answer instead of from large
         random belief maps whose correction kills ReLUs (a long plateau on short runs)."""
