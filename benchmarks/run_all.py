@@ -57,6 +57,7 @@ def main() -> None:
     run("bench_train_step.py", *common)
     run("bench_memory.py", *common)
     run("bench_latency.py", *common)
+    run("bench_loader.py")  # data loading: our HDF5 crops vs decoding the source JPEG per sample
     device = json.loads((RESULTS / "train_step.json").read_text())["machine"]["device"]
     table = markdown_table(device)
     (RESULTS / "README_table.md").write_text(table + "\n")

@@ -27,10 +27,11 @@ def test_small_cpm_fits_the_real_lsp_samples(tmp_path):
     overrides = [
         "data=lsp", f"data.train_files=[{train}]", f"data.val_file={train}", "data.input_size=128",
         "data.augment.photometric=false", "data.augment.scale_min=0.9", "data.augment.scale_max=1.1",
-        "data.augment.max_rotation=10", "data.batch_size=8", "data.num_workers=0",
-        "model=cpm_small", "model.dropout=0.0", "optim=adam", "optim.lr=1e-3",
-        "trainer.max_epochs=100", "+trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-        "trainer.log_every_n_steps=1", f"hydra.run.dir={run}",
+        "data.augment.max_rotation=10", "data.augment.flip_probability=0.5", "data.sigma=14",
+        "data.batch_size=4", "data.num_workers=0", "model=cpm_small", "model.dropout=0.0", "optim=adam",
+        "optim.lr=2e-3", "trainer.max_epochs=120", "+trainer.check_val_every_n_epoch=20",
+        "+trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.log_every_n_steps=5",
+        f"hydra.run.dir={run}",
     ]  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "cpm_lightning.train", *overrides], cwd=REPO,
                             capture_output=True, text=True, timeout=900)  # fmt: skip

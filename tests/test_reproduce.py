@@ -31,7 +31,7 @@ def test_quick_mode_runs_every_figure_and_writes_the_report(data_dir, tmp_path):
     assert "none in quick mode" in report and "PASS" not in report and "FAIL" not in report
     for figure in FIGURES:
         assert f"## {figure.title}" in report
-    rows = ("| 69 |", "| 205 |", "| joint |", "| no_intermediate |", "| stagewise |", "| finetune |", "| 1 |", "| 2 |")
+    rows = ("| 109 |", "| 333 |", "| joint |", "| no_intermediate |", "| stagewise |", "| finetune |", "| 1 |", "| 2 |")
     for row in rows:  # the quick mode's sweep points: RFs, schemes, stage counts
         assert row in report, row
     assert "First-epoch RMS gradient by depth" in report

@@ -78,13 +78,13 @@ def test_training_run_writes_config_checkpoints_and_metrics(tmp_path, data_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["protocol"] == "lsp_pck" and metrics["split"] == "val"
     assert [s["stage"] for s in metrics["stages"]] == [1, 2, 3]
-    assert [s["receptive_field_px"] for s in metrics["stages"]] == [45, 117, 189]
+    assert [s["receptive_field_px"] for s in metrics["stages"]] == [93, 237, 381]
     assert all(0.0 <= s["pck"] <= 1.0 and s["loss"] > 0 for s in metrics["stages"])
     assert metrics["pck_final_stage"] == metrics["stages"][-1]["pck"]
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert Path(metrics["checkpoint"]).exists() and "checkpoints" in metrics["checkpoint"]
-    assert "receptive field per stage (input px): [45, 117, 189]" in result.stdout
+    assert "receptive field per stage (input px): [93, 237, 381]" in result.stdout
 
 
 @pytest.mark.parametrize(("logger", "pattern"), [("wandb", "wandb/offline-run-*/run-*.wandb"),
@@ -101,8 +101,8 @@ def test_wandb_offline_and_tensorboard_loggers_work_without_an_account(logger, p
     ("override", "message"),
     [
         ("model.num_stages=0", "model.num_stages=0 is invalid: it must be an integer >= 1"),
-        ("data.sigma=-2", "data.sigma=-2.0 is invalid: it must be a positive number"),
-        ("data.input_size=100", "data.input_size=100 is not divisible by the model's stride 4"),
+        ("data.sigma=-2", "data.sigma=-2 is invalid: it must be a positive number"),
+        ("data.input_size=100", "data.input_size=100 is not divisible by the model's stride 8"),
         ("scheme.name=bogus", "scheme='bogus' is unknown: choose one of joint, stagewise, finetune, no_intermediate"),
         ("scheme=bogus", "Could not find 'scheme/bogus'"),
     ],

@@ -90,7 +90,6 @@ class CPMModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.apply_phase()
-        self.log("train/phase", float(self.scheme.phase_index(self.current_epoch)), on_epoch=True)
 
     def setup(self, stage: str) -> None:
         # Runs before Lightning restores a checkpoint given as ckpt_path, so a resumed run keeps

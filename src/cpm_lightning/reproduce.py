@@ -86,7 +86,7 @@ BUDGETS = {
             seeds=(0,),
             overrides=(*_steps(epochs=2, train_batches=2, val_batches=1, batch_size=8), "data.num_workers=0"),
             per_figure={
-                "fig4": ("model=rf_synthetic_069,rf_synthetic_205",),
+                "fig4": ("model=rf_synthetic_109,rf_synthetic_333",),
                 "fig5": ("model.num_stages=3", "callbacks.gradient_histograms.every_n_steps=1"),
                 "fig6b": ("model.num_stages=2", "trainer.max_epochs=3"),
                 "fig6c": ("model.num_stages=1,2",),

@@ -82,8 +82,14 @@ def train(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg)
-    except UserFacingError as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+    except Exception as error:
+        # hydra.utils.instantiate wraps errors raised in constructors: look down the chain.
+        cause = error
+        while cause is not None and not isinstance(cause, UserFacingError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(f"\nerror: {cause}", file=sys.stderr)
         sys.exit(2)
     return metrics["pck_final_stage"]  # for Hydra sweepers that optimise
 
