@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import h5py
@@ -32,7 +31,7 @@ from rich.table import Table
 
 from cpm_lightning.data.augment import compose_affine, crop_to_input_affine, invert_affine
 from cpm_lightning.data.h5format import CropFile
-from cpm_lightning.errors import ConfigError, UserFacingError
+from cpm_lightning.errors import ConfigError, report_user_errors
 from cpm_lightning.inference import (
     InferenceOptions,
     affine_scale,
@@ -315,11 +314,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except UserFacingError as error:
-        print(f"\nerror: {error}", file=sys.stderr)
-        sys.exit(2)
+    report_user_errors(lambda: evaluate(cfg))
 
 
 if __name__ == "__main__":

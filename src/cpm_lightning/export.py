@@ -9,7 +9,6 @@ is run in onnxruntime and compared with PyTorch before the command reports succe
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from cpm_lightning.errors import ConfigError, UserFacingError
+from cpm_lightning.errors import ConfigError, UserFacingError, report_user_errors
 from cpm_lightning.inference import load_module
 from cpm_lightning.models.cpm import CPM
 from cpm_lightning.module import normalise_image
@@ -100,11 +99,7 @@ def export(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        export(cfg)
-    except UserFacingError as error:
-        print(f"\nerror: {error}", file=sys.stderr)
-        sys.exit(2)
+    report_user_errors(lambda: export(cfg))
 
 
 if __name__ == "__main__":

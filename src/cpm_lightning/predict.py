@@ -29,7 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cpm_lightning.data.augment import TARGET_DIST, apply_affine, crop_to_input_affine, invert_affine
 from cpm_lightning.data.skeletons import Skeleton
-from cpm_lightning.errors import ConfigError, UserFacingError
+from cpm_lightning.errors import ConfigError, UserFacingError, report_user_errors
 from cpm_lightning.inference import InferenceOptions, affine_scale, decode, fused_belief_maps, load_module, skeleton_of
 from cpm_lightning.train import CONFIG_DIR
 
@@ -232,11 +232,7 @@ def predict(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        summary = predict(cfg)
-    except UserFacingError as error:
-        print(f"\nerror: {error}", file=sys.stderr)
-        sys.exit(2)
+    summary = report_user_errors(lambda: predict(cfg))
     if summary["failed"]:
         sys.exit(2)
 

@@ -7,7 +7,6 @@ write metrics.json into the run's output directory. Everything else lives in the
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from cpm_lightning.callbacks.fault_tolerance import resolve_ckpt_path
-from cpm_lightning.errors import UserFacingError
+from cpm_lightning.errors import report_user_errors
 from cpm_lightning.module import CPMModule
 from cpm_lightning.reporting import print_stage_table, stage_metrics
 
@@ -80,17 +79,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    try:
-        metrics = train(cfg)
-    except Exception as error:
-        # hydra.utils.instantiate wraps errors raised in constructors: look down the chain.
-        cause = error
-        while cause is not None and not isinstance(cause, UserFacingError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        print(f"\nerror: {cause}", file=sys.stderr)
-        sys.exit(2)
+    metrics = report_user_errors(lambda: train(cfg))
     return metrics["pck_final_stage"]  # for Hydra sweepers that optimise
 
 
