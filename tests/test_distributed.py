@@ -67,7 +67,7 @@ def ddp_run(tmp_path_factory, data_dir) -> Path:
 
 
 @pytest.mark.slow
-def test_ddp_sim_trains_with_identical_parameters_on_both_ranks(ddp_run):
+def test_ddp_sim_trains_with_identical_parameters_on_both_ranks(ddp_run, data_dir):
     ranks = [torch.load(ddp_run / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for rank in ranks:
         assert rank["step"] == 3 and torch.isfinite(torch.tensor(rank["loss"]))
@@ -76,7 +76,7 @@ def test_ddp_sim_trains_with_identical_parameters_on_both_ranks(ddp_run):
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
     L.seed_everything(0)  # the same initial weights as the run: training moved them
-    module, _, _ = build(compose_config([*TINY, "trainer=ddp_sim"], ddp_run / "init"))
+    module, _, _ = build(compose_config([*TINY, "trainer=ddp_sim"], ddp_run / "init", data_dir))
     assert not torch.equal(module.model.stage1.trunk[0].weight, ranks[0]["params"]["stage1.trunk.0.weight"])
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cpm_lightning.callbacks.fault_tolerance import resolve_ckpt_path
@@ -49,6 +50,16 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def training_progress(trainer: L.Trainer, output_dir: Path) -> dict:
+    """Epochs and steps trained, from last.ckpt when there is one: under a spawning strategy
+    (ddp_spawn) the trainer in this process never sees the workers' loop counters."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", mmap=True, weights_only=False)  # mmap: no weights read
+        return {"epochs": state["epoch"] + 1, "global_step": state["global_step"]}
+    return {"epochs": trainer.current_epoch, "global_step": trainer.global_step}
+
+
 def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -67,8 +78,7 @@ def train(cfg: DictConfig) -> dict:
         "split": "val",
         "checkpoint": best,
         **stage_metrics(results, "val", module),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
+        **training_progress(trainer, output_dir),
     }
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
