@@ -97,13 +97,6 @@ FLIC9 = Skeleton(
 SKELETONS = {s.name: s for s in (LSP14, FLIC9)}
 
 
-def skeleton_by_name(name: str) -> Skeleton:
-    try:
-        return SKELETONS[name]
-    except KeyError:
-        raise ValueError(f"unknown skeleton {name!r}; known: {sorted(SKELETONS)}") from None
-
-
 def skeleton_for_joints(joint_names: list[str] | tuple[str, ...]) -> Skeleton:
     """The skeleton whose joint order is exactly `joint_names` (as stored in an HDF5 file)."""
     for skeleton in SKELETONS.values():
