@@ -61,7 +61,7 @@ def _crop_size() -> int:
 
 
 CROP_SIZE = _crop_size()  # 742
-DEFAULT_JPEG_QUALITY = 90  # docs/datasets.md: the storage measurement behind this choice
+DEFAULT_JPEG_QUALITY = 90  # measured: docs/datasets.md (bytes), docs/hdf5-format.md (decode time)
 DEFAULT_VAL_FRACTION = 0.05
 
 

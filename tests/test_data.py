@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpm_lightning.data.augment import AugmentConfig, apply_affine, crop_to_input_affine
+from cpm_lightning.data.augment import AugmentConfig, apply_affine, crop_to_input_affine, warp_to_input
 from cpm_lightning.data.datamodule import EpochSampler, PoseDataModule
 from cpm_lightning.data.dataset import PoseCrops
 from cpm_lightning.data.h5format import FORMAT_VERSION, CropFile, CropSample, CropWriter, verify
@@ -61,6 +61,36 @@ def test_crop_file_round_trip(tmp_path, encoding):
     assert crops.head_size[0] == pytest.approx(0.6 * 5.0)  # 0.6 x diagonal of a 3x4 box
     assert [len(crops.others(i)[0]) for i in range(3)] == [0, 1, 2]
     assert crops.flip_pairs == list(LSP14.flip_pairs)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "jpeg"])
+def test_crops_stay_rgb_through_storage_the_rgbx_decode_and_the_warp(tmp_path, encoding):
+    path = tmp_path / "val.h5"
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = (200, 30, 10)  # red left half, blue right half: a swapped channel shows
+    image[:, 32:] = (10, 60, 220)
+    with CropWriter(path, "unit", "val", list(LSP14.joint_names), list(LSP14.flip_pairs), (64, 64),
+                    image_encoding=encoding) as writer:  # fmt: skip
+        writer.add(CropSample(image, np.full((14, 2), 31.5), np.full(14, 2), np.full(2, 31.5), 0.2, np.eye(2, 3)))
+    crops = CropFile(path)
+    rgb, rgbx = crops.image(0), crops.image(0, channels=4)
+    away_from_edge = np.r_[0:24, 40:64]  # JPEG rings and 4:2:0 chroma blurs at the colour edge
+    error = np.abs(rgb.astype(int) - image)[:, away_from_edge]
+    assert error.max() <= (0 if encoding == "raw" else 3)
+    assert np.array_equal(rgbx[..., :3], rgb) and (rgbx[..., 3] == 255).all()
+    # The loader warps RGBX and drops the padding: the same image as a 3-channel warp of RGB.
+    sample = PoseCrops(path, 64, 4)[0]["image"].numpy().transpose(1, 2, 0)
+    expected = warp_to_input(rgb, crop_to_input_affine(crops.centre[0], crops.scale[0], 64), 64)
+    assert np.abs(sample.astype(int) - expected).max() <= 1
+
+
+def test_a_jpeg_that_does_not_decode_is_reported_with_file_and_sample(tmp_path):
+    path = tmp_path / "val.h5"
+    write_file(path, encoding="jpeg")
+    with h5py.File(path, "a") as f:
+        f["images"][1] = np.frombuffer(b"not a jpeg", np.uint8)
+    with pytest.raises(DataFileError, match=r"val\.h5: the JPEG of sample 1 does not decode"):
+        CropFile(path).image(1)
 
 
 def test_an_interrupted_write_leaves_nothing_and_keeps_the_old_file(tmp_path):

@@ -34,6 +34,14 @@ def test_onnx_matches_pytorch_at_any_batch_size(tmp_path, trained_checkpoint):
     assert not list(tmp_path.glob(".*.partial"))
 
 
+def test_input_size_comes_from_the_checkpoint(tmp_path, trained_checkpoint):
+    """A model trained at 128 px exports at 128 px even when the config names another size."""
+    cfg = export_config(tmp_path, trained_checkpoint, tmp_path / "model.onnx")
+    cfg.data.input_size = 368
+    graph = onnx.load(str(export(cfg))).graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 128, 128]
+
+
 def test_bad_output_name_is_refused(tmp_path, trained_checkpoint):
     with pytest.raises(ConfigError, match=r"\.onnx"):
         export(export_config(tmp_path, trained_checkpoint, tmp_path / "model.bin"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,14 @@ def test_wandb_offline_run_contains_histogram_entries(tiny_config, tmp_path, mon
     finally:
         wandb.finish()
     (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
-    rows = [r for r in wandb_history(run_file) if f"gradients/depth_{record.depths[0]:02d}/_type" in r]
+    # wandb.finish() can return before W&B's service process has written the last records (seen
+    # on a heavily loaded machine): read the file until both epochs are there, or a minute passed.
+    deadline = time.monotonic() + 60
+    while True:
+        rows = [r for r in wandb_history(run_file) if f"gradients/depth_{record.depths[0]:02d}/_type" in r]
+        if len(rows) >= EPOCHS or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert [r["epoch"] for r in rows] == list(range(EPOCHS))
     assert [r["trainer/global_step"] for r in rows] == record.global_steps.tolist()
     for row, counts in zip(rows, record.counts):

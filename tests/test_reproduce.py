@@ -31,7 +31,7 @@ def test_quick_mode_runs_every_figure_and_writes_the_report(data_dir, tmp_path):
     assert "none in quick mode" in report and "PASS" not in report and "FAIL" not in report
     for figure in FIGURES:
         assert f"## {figure.title}" in report
-    rows = ("| 109 |", "| 333 |", "| joint |", "| no_intermediate |", "| stagewise |", "| finetune |", "| 1 |", "| 2 |")
+    rows = ("| 109 |", "| 237 |", "| joint |", "| no_intermediate |", "| stagewise |", "| finetune |", "| 1 |", "| 2 |")
     for row in rows:  # the quick mode's sweep points: RFs, schemes, stage counts
         assert row in report, row
     assert "First-epoch RMS gradient by depth" in report
@@ -42,6 +42,15 @@ def test_quick_mode_runs_every_figure_and_writes_the_report(data_dir, tmp_path):
     assert len(list((tmp_path / "runs" / "fig6b").glob("*/metrics.json"))) == 4
     assert len(list((tmp_path / "runs" / "fig5").glob("*/gradients/gradient_histograms.npz"))) == 2
 
+    # --only reruns one figure and reads the others' runs from this directory
+    fig4_metrics = sorted((tmp_path / "runs" / "fig4").glob("*/metrics.json"))
+    before = {path: path.stat().st_mtime_ns for path in fig4_metrics}
+    rerun = reproduce("--mode", "quick", "--data-dir", str(data_dir), "--out", str(tmp_path), "--only", "fig6c")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "reusing 2 runs" in rerun.stdout
+    assert {path: path.stat().st_mtime_ns for path in fig4_metrics} == before
+    assert all(f"## {figure.title}" in (tmp_path / "REPORT.md").read_text() for figure in FIGURES)
+
 
 def test_a_failing_sweep_names_its_log_and_stops(tmp_path):
     result = reproduce("--mode", "quick", "--data-dir", str(tmp_path / "no_data"), "--out", str(tmp_path / "out"))
@@ -51,6 +60,13 @@ def test_a_failing_sweep_names_its_log_and_stops(tmp_path):
     assert "synthetic_rf_sweep" in result.stderr
     # the thresholds were written before the failed run
     assert CLAIMS["fig6c"] in (tmp_path / "out" / "REPORT.md").read_text()
+
+
+def test_only_without_earlier_runs_says_what_to_do(data_dir, tmp_path):
+    result = reproduce("--mode", "quick", "--data-dir", str(data_dir), "--out", str(tmp_path), "--only", "fig5")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{tmp_path / 'runs' / 'fig4'} holds none" in result.stderr and "run without --only" in result.stderr
 
 
 def summaries(values: dict) -> dict:

@@ -1,10 +1,12 @@
-"""Faults lose nothing: SIGTERM saves a checkpoint, a resumed run ends exactly where an
-uninterrupted one does (stage-wise, interrupted mid-phase), a NaN stops training cleanly."""
+"""Faults lose nothing: SIGTERM saves a checkpoint and exits with status 143, a resumed run ends
+exactly where an uninterrupted one does (stage-wise, interrupted mid-phase, colour jitter on), a
+NaN stops training cleanly."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +15,12 @@ import lightning as L
 import pytest
 import torch
 from conftest import REPO, TINY
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 # Deterministic, 3 stage-wise phases of 3 batches, no sanity pass: 9 optimiser steps in all.
+# Photometric augmentation on: its random draws must replay on resume like the geometric ones.
 STAGEWISE = [*TINY, "scheme=stagewise", "trainer.max_epochs=3", "trainer.deterministic=true",
-             "+trainer.num_sanity_val_steps=0", "data.num_workers=1"]  # fmt: skip
+             "+trainer.num_sanity_val_steps=0", "data.num_workers=1", "data.augment.photometric=true"]  # fmt: skip
 
 SIGTERM_AT_STEP = """
 import os, signal, sys
@@ -58,6 +62,8 @@ def test_sigterm_mid_phase_saves_and_resume_matches_an_uninterrupted_run(tmp_pat
     cut = run([], code)
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     assert last.exists(), cut.stderr[-3000:]
+    assert cut.returncode == 128 + signal.SIGTERM, cut.stderr[-3000:]  # stopped, not finished: 143
+    assert not (tmp_path / "cut" / "metrics.json").exists()
     saved = torch.load(last, weights_only=False)
     assert saved["global_step"] == 4 and saved["scheme"]["phase_index"] == 1
 
@@ -70,6 +76,52 @@ def test_sigterm_mid_phase_saves_and_resume_matches_an_uninterrupted_run(tmp_pat
     final = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     reference = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+class SignalAt(L.Callback):
+    """Sends this process a signal at the end of one training or validation batch."""
+
+    def __init__(self, signum: int, train_step: int | None = None, validation_batch: int | None = None):
+        self.signum, self.train_step, self.validation_batch = signum, train_step, validation_batch
+
+    def _send(self) -> None:
+        # Unhandled, SIGTERM or SIGUSR1 would kill the test process itself: fail instead.
+        assert signal.getsignal(self.signum) is not signal.SIG_DFL, f"nothing handles signal {self.signum}"
+        os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.train_step:
+            self._send()
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.validation_batch:
+            self._send()
+
+
+def test_sigusr1_outside_slurm_requeue_saves_like_sigterm(tiny_config):
+    from cpm_lightning.train import build
+
+    module, datamodule, trainer = build(tiny_config("+trainer.num_sanity_val_steps=0"))
+    trainer.callbacks.append(SignalAt(signal.SIGUSR1, train_step=1))
+    with pytest.raises(SIGTERMException):
+        trainer.fit(module, datamodule=datamodule)
+    last = torch.load(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 1
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # restored after training
+
+
+def test_sigterm_in_the_final_validation_leaves_last_ckpt_alone(tiny_config):
+    from cpm_lightning.train import build
+
+    module, datamodule, trainer = build(tiny_config("+trainer.num_sanity_val_steps=0", "data.eval_batch_size=8"))
+    trainer.fit(module, datamodule=datamodule)
+    last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    written = last.stat().st_mtime_ns
+    # train.py validates the best checkpoint: the model then holds its weights, not the last ones.
+    trainer.callbacks.append(SignalAt(signal.SIGTERM, validation_batch=0))  # of 2: Lightning stops after it
+    with pytest.raises(SIGTERMException):
+        trainer.validate(module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path)
+    assert last.stat().st_mtime_ns == written
 
 
 class PoisonAt(L.Callback):

@@ -68,6 +68,16 @@ class WeightSnapshots(L.Callback):
         self.snapshots.append(self.take(module))
 
 
+class LearningRates(L.Callback):
+    """The learning rate of the first parameter group at every training step."""
+
+    def __init__(self):
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
 def fit(cfg, *callbacks):
     module, datamodule, trainer = build(cfg)
     trainer.callbacks.extend(callbacks)
@@ -80,8 +90,11 @@ def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 
 def test_stagewise_trains_one_stage_per_phase_and_keeps_earlier_ones_bit_identical(tiny_config):
-    snapshots = WeightSnapshots()
-    fit(tiny_config("scheme=stagewise", "trainer.max_epochs=3", "+trainer.num_sanity_val_steps=0"), snapshots)
+    snapshots, rates = WeightSnapshots(), LearningRates()
+    fit(tiny_config("scheme=stagewise", "trainer.max_epochs=3", "+trainer.num_sanity_val_steps=0"), snapshots, rates)
+    # Every phase runs the whole one-cycle schedule (3 steps each), as a run of its own.
+    phase1, phase2, phase3 = rates.rates[0:3], rates.rates[3:6], rates.rates[6:9]
+    assert len(rates.rates) == 9 and phase1 == phase2 == phase3 and len(set(phase1)) == 3
     init, after1, after2, after3 = snapshots.snapshots
     # Phase 1: stage 1 alone.
     assert not same(init[1], after1[1]) and same(init[2], after1[2]) and same(init[3], after1[3])

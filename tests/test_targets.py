@@ -51,6 +51,22 @@ def test_overlapping_people_sum_then_clip_at_one():
     assert maps[0].sum() > single[0].sum()
 
 
+def test_maps_of_several_people_match_a_peak_by_peak_rendering():
+    rng = np.random.default_rng(0)
+    joints = rng.uniform(-20, 388, (3, 14, 2)).astype(np.float32)
+    visible = rng.random((3, 14)) < 0.8
+    maps = render_belief_maps(joints, visible, 46, 8, 7.0)
+    grid = grid_coordinates(46, 8)
+    expected = np.zeros((15, 46, 46), np.float32)
+    for (person, joint), (x, y) in zip(np.ndindex(3, 14), joints.reshape(-1, 2)):
+        if visible[person, joint]:
+            peak = np.exp(-((grid[None, :] - x) ** 2 + (grid[:, None] - y) ** 2) / (2 * 7.0**2))
+            expected[joint] += np.where(peak < LABEL_FLOOR, 0.0, peak)
+    expected[:14] = np.minimum(expected[:14], 1.0)
+    expected[14] = np.maximum(1.0 - expected[:14].max(axis=0), 0.0)
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+
+
 def test_invisible_joints_get_no_peak():
     joints = np.array([[50.0, 50.0], [100.0, 100.0]], np.float32)
     maps = render_belief_maps(joints, np.array([True, False]), 46, 8, 7.0)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from cpm_lightning.config_schema import check_config
 from cpm_lightning.data.augment import compose_affine, crop_to_input_affine, invert_affine
 from cpm_lightning.data.h5format import CropFile
 from cpm_lightning.errors import ConfigError, report_user_errors
@@ -37,6 +38,7 @@ from cpm_lightning.inference import (
     affine_scale,
     decode,
     fused_belief_maps,
+    input_size_of,
     load_module,
     skeleton_of,
     to_source,
@@ -266,6 +268,7 @@ def write_mpii_submission(
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    check_config(cfg, "evaluate")  # unknown keys and wrong types stop here, before any loading
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.export not in (None, "mpii_test"):
@@ -273,7 +276,8 @@ def evaluate(cfg: DictConfig) -> dict:
     module = load_module(cfg.ckpt, cfg.device)
     protocol = get_protocol(cfg.protocol or cfg.data.protocol)
     test_time = InferenceOptions.from_options(OmegaConf.to_container(cfg.test_time, resolve=True))
-    crops, input_size = crop_file_of(cfg, module.model.stride)
+    crops, configured_size = crop_file_of(cfg, module.model.stride)
+    input_size = input_size_of(module, configured_size)
     joint_names = crops.joint_names
     if len(joint_names) != module.model.config.num_parts:
         raise ConfigError(

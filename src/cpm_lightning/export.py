@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from cpm_lightning.config_schema import check_config
 from cpm_lightning.errors import ConfigError, UserFacingError, report_user_errors
-from cpm_lightning.inference import load_module
+from cpm_lightning.inference import input_size_of, load_module
 from cpm_lightning.models.cpm import CPM
 from cpm_lightning.module import normalise_image
 from cpm_lightning.train import CONFIG_DIR
@@ -71,16 +72,12 @@ def max_difference(model: CPM, path: Path, images: torch.Tensor) -> float:
 
 
 def export(cfg: DictConfig) -> Path:
+    check_config(cfg, "export")  # unknown keys and wrong types stop here, before any loading
     out = Path(cfg.out)
     if out.suffix != ".onnx":
         raise ConfigError(f"out={cfg.out} must name a .onnx file.")
     module = load_module(cfg.ckpt)
-    input_size = int(cfg.data.input_size)
-    if input_size % module.model.stride:
-        raise ConfigError(
-            f"data.input_size={input_size} is not a multiple of the model's stride {module.model.stride}: "
-            "pass the +experiment the model was trained with."
-        )
+    input_size = input_size_of(module, cfg.data.input_size)
     tmp = out.with_name(f".{out.name}.partial")
     export_onnx(module.model, tmp, input_size, cfg.opset)
     if cfg.check:

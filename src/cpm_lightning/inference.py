@@ -74,6 +74,27 @@ def load_module(ckpt: str | Path, device: str = "cpu") -> CPMModule:
     return module.eval().to(device)
 
 
+def input_size_of(module: CPMModule, configured: int) -> int:
+    """The input size the model was trained at (saved in its checkpoint), else `configured`.
+
+    A CPM's belief maps are only meaningful at the person size it was trained on, so the
+    checkpoint's own size wins over a config that was not told which experiment trained it.
+    """
+    trained = module.hparams.get("input_size")
+    if trained is None:  # checkpoints written before the size was saved
+        input_size = int(configured)
+    else:
+        input_size = int(trained)
+        if input_size != int(configured):
+            print(f"input size {input_size} px, as the checkpoint was trained (not data.input_size={configured})")
+    if input_size % module.model.stride:
+        raise ConfigError(
+            f"data.input_size={input_size} is not a multiple of the model's stride {module.model.stride}: "
+            "pass the +experiment the model was trained with."
+        )
+    return input_size
+
+
 def skeleton_of(module: CPMModule) -> Skeleton:
     """The joint set a model predicts: from its saved joint names, else from its part count."""
     names = module.hparams.get("joint_names")

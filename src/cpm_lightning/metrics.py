@@ -214,3 +214,28 @@ class StagePCK(Metric):
         per_joint = self.correct.double() / self.total.double().clamp(min=1)
         mean = self.correct.sum(dim=1).double() / self.total.sum().double().clamp(min=1)
         return {"per_joint": per_joint, "mean": mean}
+
+
+class StageLoss(Metric):
+    """Per-stage loss averaged over samples, not over batches or ranks.
+
+    Lightning's `self.log(..., sync_dist=True)` averages the per-rank means, which differs from
+    the 1-process number when the ranks hold different sample counts (an odd split). Summing
+    loss x samples and samples, with dist_reduce_fx="sum", gives the 1-process mean exactly.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_stages: int):
+        super().__init__()
+        self.add_state("loss_sum", torch.zeros(num_stages, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_samples", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, stage_losses: torch.Tensor, batch_size: int) -> None:
+        """stage_losses (T,): this batch's per-sample mean loss of every stage."""
+        self.loss_sum += stage_losses.detach().double() * batch_size
+        self.num_samples += batch_size
+
+    def compute(self) -> torch.Tensor:
+        """(T,) mean loss per sample of every stage."""
+        return self.loss_sum / self.num_samples.clamp(min=1)

@@ -8,7 +8,7 @@ import torch
 from cpm_lightning.data.targets import decode_belief_maps
 from cpm_lightning.errors import ConfigError
 from cpm_lightning.losses import stage_losses
-from cpm_lightning.metrics import StagePCK, get_protocol
+from cpm_lightning.metrics import StageLoss, StagePCK, get_protocol
 from cpm_lightning.models.cpm import CPM
 from cpm_lightning.models.receptive_field import receptive_fields
 from cpm_lightning.schemes import build_scheme
@@ -27,7 +27,9 @@ class CPMModule(L.LightningModule):
 
     model: CPM keyword arguments (conf/model); scheme: name, stage_weights, phase_epochs,
     init_checkpoint (conf/scheme); optim: optimiser, learning-rate multipliers, loss reduction
-    and schedule (conf/optim); protocol: the PCK protocol logged per stage on validation.
+    and schedule (conf/optim); protocol: the PCK protocol logged per stage on validation;
+    input_size: the network input it is trained at (data.input_size), saved in the checkpoint so
+    that evaluate, predict and export use it without being told.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class CPMModule(L.LightningModule):
         max_epochs: int,
         protocol: str = "lsp_pck",
         joint_names: list[str] | None = None,
+        input_size: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
     ):
@@ -59,6 +62,8 @@ class CPMModule(L.LightningModule):
         num_stages, num_joints = self.model.num_stages, self.model.config.num_parts
         self.val_pck = StagePCK(num_stages, num_joints, protocol)
         self.test_pck = StagePCK(num_stages, num_joints, protocol)
+        self.val_loss = StageLoss(num_stages)
+        self.test_loss = StageLoss(num_stages)
 
     # -- the scheme: which stages train in the current phase --------------------------------
     @property
@@ -86,9 +91,6 @@ class CPMModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # A run resumed mid-epoch skips on_train_epoch_start for that epoch: set its phase here.
-        self.apply_phase()
-
-    def on_train_epoch_start(self) -> None:
         self.apply_phase()
 
     def setup(self, stage: str) -> None:
@@ -132,38 +134,39 @@ class CPMModule(L.LightningModule):
             self.log(f"train/loss_stage{t + 1}", value, batch_size=batch_size)
         return loss
 
-    def _evaluation_step(self, batch: dict[str, torch.Tensor], prefix: str, metric: StagePCK) -> None:
+    def _evaluation_step(self, batch: dict[str, torch.Tensor], pck: StagePCK, loss: StageLoss) -> None:
         belief_maps = self(batch["image"])
         losses = stage_losses(
             belief_maps, batch["belief_maps"], batch["belief_maps_all"], self.optim.get("loss_reduction", "paper")
         )
-        batch_size = batch["image"].shape[0]
-        for t, value in enumerate(losses):
-            self.log(f"{prefix}/loss_stage{t + 1}", value, batch_size=batch_size, sync_dist=True)
-        self.log(f"{prefix}/loss", losses.sum(), batch_size=batch_size, sync_dist=True)
+        loss.update(losses, batch["image"].shape[0])
         predictions = decode_belief_maps(belief_maps.float(), self.model.stride)
         normalizer = self.protocol.normalizer_of(batch, predictions[:, -1], self.joint_names)
-        metric.update(predictions, batch["joints"], batch["visible"], normalizer)
+        pck.update(predictions, batch["joints"], batch["visible"], normalizer)
 
-    def _log_pck(self, prefix: str, metric: StagePCK) -> None:
-        result = metric.compute()
-        per_stage = result["mean"].reshape(-1)  # torchmetrics squeezes a 1-stage (1,) result to 0-d
-        for t, value in enumerate(per_stage):
-            self.log(f"{prefix}/pck_stage{t + 1}", value.float())
-        self.log(f"{prefix}/pck", per_stage[-1].float(), prog_bar=True)
-        metric.reset()
+    def _log_epoch(self, prefix: str, pck: StagePCK, loss: StageLoss) -> None:
+        # Both metrics sum their states over DDP ranks: the 1-process numbers exactly.
+        per_stage_pck = pck.compute()["mean"].reshape(-1)  # torchmetrics squeezes a 1-stage result to 0-d
+        per_stage_loss = loss.compute().reshape(-1)
+        for t, (pck_value, loss_value) in enumerate(zip(per_stage_pck, per_stage_loss)):
+            self.log(f"{prefix}/pck_stage{t + 1}", pck_value.float())
+            self.log(f"{prefix}/loss_stage{t + 1}", loss_value.float())
+        self.log(f"{prefix}/pck", per_stage_pck[-1].float(), prog_bar=True)
+        self.log(f"{prefix}/loss", per_stage_loss.sum().float())
+        pck.reset()
+        loss.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val", self.val_pck)
+        self._evaluation_step(batch, self.val_pck, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_pck("val", self.val_pck)
+        self._log_epoch("val", self.val_pck, self.val_loss)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test", self.test_pck)
+        self._evaluation_step(batch, self.test_pck, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
-        self._log_pck("test", self.test_pck)
+        self._log_epoch("test", self.test_pck, self.test_loss)
 
     # -- optimiser ------------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
@@ -194,27 +197,58 @@ class CPMModule(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=float(o["lr"]), momentum=float(o.get("momentum", 0.9)))
         else:
             optimizer = torch.optim.AdamW(groups, lr=float(o["lr"]))
-        schedule = dict(o.get("scheduler") or {"name": "none"})
+        scheduler = self.phase_scheduler(optimizer, self.scheme.phases[0])
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def phase_steps(self, phase) -> int:
+        """Optimiser steps of one phase (the last phase also gets any remainder)."""
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = total // max(1, int(self.trainer.max_epochs))
+        if phase is self.scheme.phases[-1]:
+            return max(1, total - per_epoch * phase.first_epoch)
+        return max(1, per_epoch * phase.num_epochs)
+
+    def phase_scheduler(self, optimizer: torch.optim.Optimizer, phase):
+        """The learning-rate schedule of one phase, from its first step to its last (None: constant).
+
+        Every phase runs the whole schedule, as the release trained each stage-wise phase as a
+        run of its own: one schedule over all phases would leave the last stages only its tail.
+        """
+        schedule = dict(self.optim.get("scheduler") or {"name": "none"})
         name = schedule.pop("name", "none")
         if name not in SCHEDULERS:
             raise ConfigError(f"optim.scheduler.name={name!r} is invalid: choose one of {SCHEDULERS}.")
         if name == "none":
-            return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
+            return None
+        # Start from the configured rates, as a fresh run would (a scheduler built on an
+        # optimiser that another one has driven would start from where that one left off).
+        for group, configured in zip(optimizer.param_groups, self.parameter_groups()):
+            group["lr"] = configured["lr"]
+            group.pop("initial_lr", None)
+        steps = self.phase_steps(phase)
         if name == "step":  # the release: x gamma every step_size iterations
-            scheduler = torch.optim.lr_scheduler.StepLR(
+            return torch.optim.lr_scheduler.StepLR(
                 optimizer, step_size=int(schedule["step_size"]), gamma=float(schedule["gamma"])
             )
-        elif name == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-        else:
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=[g["lr"] for g in groups],
-                total_steps=max(2, total_steps),
-                pct_start=float(schedule.get("pct_start", 0.15)),
-            )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if name == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=max(2, steps),
+            pct_start=float(schedule.get("pct_start", 0.15)),
+        )
+
+    def on_train_epoch_start(self) -> None:
+        self.apply_phase()
+        phase = self.phase
+        if self.current_epoch == phase.first_epoch and phase is not self.scheme.phases[0]:
+            # A new phase: restart its schedule. (A run resumed mid-phase restores the phase's
+            # schedule from the checkpoint instead: this epoch is not the phase's first.)
+            for config in self.trainer.lr_scheduler_configs:
+                config.scheduler = self.phase_scheduler(config.scheduler.optimizer, phase)
 
     def describe(self) -> dict:
         """What a reader of the logs needs to know about this model."""

@@ -27,10 +27,19 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cpm_lightning.config_schema import check_config
 from cpm_lightning.data.augment import TARGET_DIST, apply_affine, crop_to_input_affine, invert_affine
 from cpm_lightning.data.skeletons import Skeleton
 from cpm_lightning.errors import ConfigError, UserFacingError, report_user_errors
-from cpm_lightning.inference import InferenceOptions, affine_scale, decode, fused_belief_maps, load_module, skeleton_of
+from cpm_lightning.inference import (
+    InferenceOptions,
+    affine_scale,
+    decode,
+    fused_belief_maps,
+    input_size_of,
+    load_module,
+    skeleton_of,
+)
 from cpm_lightning.train import CONFIG_DIR
 
 OVERLAY_MAX_SIDE = 1024  # overlays are drawn on a copy no larger than this
@@ -171,18 +180,14 @@ def draw_overlay(path: Path, image: np.ndarray, joints: np.ndarray, pixel_scale:
 
 
 def predict(cfg: DictConfig) -> dict:
+    check_config(cfg, "predict")  # unknown keys and wrong types stop here, before any loading
     output_dir = Path(cfg.paths.output_dir)
     files = input_files(Path(cfg.input))
     people = load_people(cfg.people)
     test_time = InferenceOptions.from_options(OmegaConf.to_container(cfg.test_time, resolve=True))
     module = load_module(cfg.ckpt, cfg.device)
     skeleton = skeleton_of(module)
-    input_size = int(cfg.data.input_size)
-    if input_size % module.model.stride:
-        raise ConfigError(
-            f"data.input_size={input_size} is not a multiple of the model's stride {module.model.stride}: "
-            "pass the +experiment the model was trained with."
-        )
+    input_size = input_size_of(module, cfg.data.input_size)
     if cfg.overlays:
         (output_dir / "overlays").mkdir(parents=True, exist_ok=True)
     results, failures = [], []

@@ -12,7 +12,8 @@ asks "which phase is epoch e in?"; nothing else in the code branches on the sche
                      (1 phase), else the T stage-wise phases first, then a joint phase (T + 1)
 
 Phase lengths: `phase_epochs` if given, else the total epoch budget split equally, so that
-schemes are compared at equal total epochs.
+schemes are compared at equal total epochs. Each phase runs the whole learning-rate schedule
+(CPMModule.phase_scheduler), as the release trained each stage-wise phase as a run of its own.
 """
 
 from __future__ import annotations

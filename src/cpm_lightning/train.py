@@ -7,19 +7,20 @@ write metrics.json into the run's output directory. Everything else lives in the
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cpm_lightning.callbacks.fault_tolerance import resolve_ckpt_path
+from cpm_lightning.config_schema import CONFIG_DIR, check_config
 from cpm_lightning.errors import report_user_errors
 from cpm_lightning.module import CPMModule
 from cpm_lightning.reporting import print_stage_table, stage_metrics
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def build(cfg: DictConfig) -> tuple[CPMModule, L.LightningDataModule, L.Trainer]:
@@ -30,6 +31,7 @@ def build(cfg: DictConfig) -> tuple[CPMModule, L.LightningDataModule, L.Trainer]
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         max_epochs=cfg.trainer.max_epochs,
         protocol=cfg.data.protocol,
+        input_size=cfg.data.input_size,
         channels_last=cfg.channels_last,
         compile=cfg.compile,
     )
@@ -61,6 +63,7 @@ def training_progress(trainer: L.Trainer, output_dir: Path) -> dict:
 
 
 def train(cfg: DictConfig) -> dict:
+    check_config(cfg, "train")  # an unknown key or a wrong type stops here, before anything is built
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     module, datamodule, trainer = build(cfg)
@@ -89,7 +92,13 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    metrics = report_user_errors(lambda: train(cfg))
+    try:
+        metrics = report_user_errors(lambda: train(cfg))
+    except SIGTERMException as stop:
+        # Lightning ends a SIGTERM-ed run (checkpoint saved, no metrics.json) with a bare SystemExit,
+        # status 0 as if it had finished; exit as a shell reports a SIGTERM-ed process instead, so
+        # schedulers and scripts see that it was stopped.
+        raise SystemExit(128 + signal.SIGTERM) from stop
     return metrics["pck_final_stage"]  # for Hydra sweepers that optimise
 
 

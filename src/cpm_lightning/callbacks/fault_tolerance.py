@@ -5,7 +5,10 @@ What Lightning 2.6 already does, and what this callback adds on top of it:
 - SIGTERM: Lightning's signal connector sets `trainer.received_sigterm`; the loops finish the
   current batch and raise `SIGTERMException`, but nothing is saved (only SLURM auto-requeue
   saves an "hpc" checkpoint, on SIGUSR1). `on_exception` saves `last.ckpt` here, mid-epoch if
-  need be, so `ckpt_path=last` continues from the very batch where the job stopped.
+  need be, so `ckpt_path=last` continues from the very batch where the job stopped. Only an
+  interrupted fit saves: during a later `trainer.validate` the model holds other weights (the
+  best checkpoint's), and `last.ckpt` already holds the end of training. The exception is a
+  bare `SystemExit` (status 0); `cpm_lightning.train` turns it into exit status 143.
 - SIGUSR1 (what `sbatch --signal=USR1@90` sends before the time limit): Lightning handles it
   only under SLURM auto-requeue; otherwise its default action kills the process. Here it is
   turned into SIGTERM, so the path above applies.
@@ -31,8 +34,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
@@ -141,13 +144,15 @@ class FaultTolerance(L.Callback):
             # `estimated_stepping_batches` (the one-cycle schedule) makes Lightning build and
             # start iterating the training loader before it restores the checkpoint; drop that
             # loader so that the loop asks the datamodule again, which now knows where to resume.
+            # Private attributes: Lightning has no public way to drop a loader it already built
+            # (checked against Lightning 2.6.6).
             trainer.fit_loop._data_fetcher.teardown()
             trainer.fit_loop._combined_loader = None
-        # Lightning has registered its handlers by now; SIGUSR1 is its own only under SLURM
-        # auto-requeue (it saves and requeues the job). Elsewhere make it a SIGTERM.
-        environment = trainer._accelerator_connector.cluster_environment  # the one Lightning consults
-        slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
-        if not slurm_requeue and threading.current_thread() is threading.main_thread():
+        # Lightning has registered its handlers by now, and handles SIGUSR1 only under SLURM
+        # auto-requeue (it saves and requeues the job). A SIGUSR1 nobody handles would kill the
+        # process unsaved: make it a SIGTERM. A handler already there is left alone.
+        in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
+        if in_main_thread and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
             self._previous_sigusr1 = signal.signal(signal.SIGUSR1, _forward_to_sigterm)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -156,7 +161,7 @@ class FaultTolerance(L.Callback):
             self._previous_sigusr1 = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)  # on every rank: the strategy writes once

@@ -98,7 +98,7 @@ class PoseDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_files: list[str],
+        train_files: list[str] | str,
         val_file: str,
         test_file: str | None = None,
         input_size: int = 368,

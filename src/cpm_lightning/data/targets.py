@@ -48,16 +48,19 @@ def render_belief_maps(
     num_joints = joints.shape[1]
     grid = grid_coordinates(map_size, stride)
     maps = np.zeros((num_joints + 1, map_size, map_size), dtype=np.float32)
+    # All peaks at once: a per-joint Python loop took twice as long (docs/hdf5-format.md).
+    person, joint = np.nonzero(visible)
+    x, y = joints[person, joint, 0], joints[person, joint, 1]
     inv = -0.5 / (sigma * sigma)
-    for person, person_visible in zip(joints, visible):
-        for j in np.flatnonzero(person_visible):
-            x, y = person[j]
-            # Separable Gaussian: exp(-(dx^2 + dy^2) / 2s^2) = gx * gy.
-            gx = np.exp(inv * (grid - x) ** 2)
-            gy = np.exp(inv * (grid - y) ** 2)
-            peak = gy[:, None] * gx[None, :]
-            peak[peak < LABEL_FLOOR] = 0.0
-            maps[j] += peak
+    # Separable Gaussian: exp(-(dx^2 + dy^2) / 2s^2) = gx * gy, one row of each per peak.
+    gx = np.exp(inv * (grid - x[:, None]) ** 2)
+    gy = np.exp(inv * (grid - y[:, None]) ** 2)
+    peaks = gy[:, :, None] * gx[:, None, :]
+    peaks[peaks < LABEL_FLOOR] = 0.0
+    for each_person in np.unique(person):
+        # Within one person every joint appears once, so the indexed += cannot drop a peak.
+        rows = person == each_person
+        maps[joint[rows]] += peaks[rows]
     np.clip(maps[:num_joints], 0.0, 1.0, out=maps[:num_joints])
     maps[num_joints] = np.maximum(1.0 - maps[:num_joints].max(axis=0), 0.0)
     return maps
