@@ -72,7 +72,7 @@ def test_a_group_key_belongs_to_the_primary_configs_that_define_it():
         ("model.num_stages=true", "'model.num_stages' has the wrong type: expected int, got True (bool)"),
         ("data.sigma=wide", "'data.sigma' has the wrong type: expected float, got 'wide' (str)"),
         ("model.centre_map=1", "'model.centre_map' has the wrong type: expected bool, got 1 (int)"),
-        ("data.train_files=[1]", "'data.train_files' has the wrong type: expected a list of str or str, got [1] (list)"),
+        ("data.train_files=[1]", "'data.train_files' has the wrong type: expected a list of str or str, got [1]"),
         ("data.test_file=[a.h5]", "'data.test_file' has the wrong type: expected str or null"),
         ("data.augment.scale_min=big", "'data.augment.scale_min' has the wrong type: expected float"),
         ("optim.lr=fast", "'optim.lr' has the wrong type: expected float, got 'fast' (str)"),
