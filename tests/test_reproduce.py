@@ -50,6 +50,8 @@ def test_quick_mode_runs_every_figure_and_writes_the_report(data_dir, tmp_path):
     assert "reusing 2 runs" in rerun.stdout
     assert {path: path.stat().st_mtime_ns for path in fig4_metrics} == before
     assert all(f"## {figure.title}" in (tmp_path / "REPORT.md").read_text() for figure in FIGURES)
+    rewritten = reproduce("--mode", "quick", "--data-dir", str(data_dir), "--out", str(tmp_path), "--report-only")
+    assert rewritten.returncode == 0 and rewritten.stdout.count("reusing") == len(FIGURES), rewritten.stderr[-3000:]
 
 
 def test_a_failing_sweep_names_its_log_and_stops(tmp_path):
@@ -66,7 +68,7 @@ def test_only_without_earlier_runs_says_what_to_do(data_dir, tmp_path):
     result = reproduce("--mode", "quick", "--data-dir", str(data_dir), "--out", str(tmp_path), "--only", "fig5")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert f"{tmp_path / 'runs' / 'fig4'} holds none" in result.stderr and "run without --only" in result.stderr
+    assert f"{tmp_path / 'runs' / 'fig4'} holds none" in result.stderr and "run without them first" in result.stderr
 
 
 def summaries(values: dict) -> dict:

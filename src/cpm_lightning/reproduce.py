@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +140,7 @@ class Run:
     num_stages: int
     receptive_field: int  # of the final stage, input px
     pck_by_stage: list[float]  # percent
+    minutes: float  # wall clock, from the run's config to its metrics file
 
     @property
     def pck(self) -> float:
@@ -150,7 +150,8 @@ class Run:
 def load_runs(sweep_dir: Path) -> list[Run]:
     runs = []
     for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
-        config = OmegaConf.load(metrics_file.parent / ".hydra" / "config.yaml")
+        config_file = metrics_file.parent / ".hydra" / "config.yaml"
+        config = OmegaConf.load(config_file)
         metrics = json.loads(metrics_file.read_text())
         runs.append(
             Run(
@@ -160,6 +161,7 @@ def load_runs(sweep_dir: Path) -> list[Run]:
                 num_stages=int(config.model.num_stages),
                 receptive_field=int(metrics["stages"][-1]["receptive_field_px"]),
                 pck_by_stage=[100.0 * s["pck"] for s in metrics["stages"]],
+                minutes=(metrics_file.stat().st_mtime - config_file.stat().st_mtime) / 60,
             )
         )
     return runs
@@ -366,20 +368,20 @@ def reproduce(
     mode: str, data: str, data_dir: Path, out_dir: Path, extra: list[str], only: list[str] | None = None
 ) -> Path:
     """Run every figure's sweep (or only those in `only`, reading the others' runs from an earlier
-    call with the same out_dir) and write out_dir/REPORT.md."""
+    call with the same out_dir; `only=[]` runs none and rewrites the report) and write
+    out_dir/REPORT.md."""
     budget = BUDGETS[data][mode]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / "REPORT.md"
     write_report(report, mode, data, budget, ["Runs in progress."])  # the thresholds, before any run
     sections = []
     for figure in FIGURES:
-        started = time.monotonic()
-        if only and figure.key not in only:
+        if only is not None and figure.key not in only:
             runs = load_runs(out_dir / "runs" / figure.key)
             if not runs:
                 raise UserFacingError(
-                    f"--only {' '.join(only)} reuses the other figures' runs, but {out_dir / 'runs' / figure.key} "
-                    f"holds none: run without --only first (or add {figure.key} to --only)."
+                    f"--only / --report-only reuse earlier runs, but {out_dir / 'runs' / figure.key} holds "
+                    f"none: run without them first (or add {figure.key} to --only)."
                 )
             print(f"{figure.title}: reusing {len(runs)} runs in {out_dir / 'runs' / figure.key}", flush=True)
         else:
@@ -387,7 +389,7 @@ def reproduce(
             runs = load_runs(run_sweep(figure, data, budget, data_dir, out_dir, extra))
         summary = summarise(figure, runs)
         plots = plot_figure(figure, summary, runs, out_dir)
-        minutes = (time.monotonic() - started) / 60
+        minutes = sum(run.minutes for run in runs)
         sections.append(figure_section(figure, summary, runs, plots, budget.judged) + f"\n_{len(runs)} runs, "
                         f"{minutes:.1f} min._\n")  # fmt: skip
         write_report(report, mode, data, budget, sections)
@@ -406,10 +408,12 @@ def main(argv: list[str] | None = None) -> None:
         "--only", nargs="+", choices=[f.key for f in FIGURES],
         help="run only these figures' sweeps; the report reads the others from an earlier run in --out",
     )  # fmt: skip
+    parser.add_argument("--report-only", action="store_true", help="run nothing; rewrite REPORT.md from --out's runs")
     args = parser.parse_args(argv)
     out = args.out or Path("outputs") / "reproduce" / f"{args.data}_{args.mode}"
     try:
-        reproduce(args.mode, args.data, args.data_dir.resolve(), out.resolve(), args.override, args.only)
+        only = [] if args.report_only else args.only
+        reproduce(args.mode, args.data, args.data_dir.resolve(), out.resolve(), args.override, only)
     except UserFacingError as error:
         print(f"\nerror: {error}", file=sys.stderr)
         sys.exit(2)
