@@ -93,9 +93,9 @@ BUDGETS = {
             judged=False,
         ),
         # 36 runs of 10 epochs x 24 batches of 16 (stage-wise: 6 phases; finetune: 7); about 1.5 hours
-        # on 2 CPU cores (docs/REPORT.md has the measured time of each figure). 240 steps is where the
-        # 1- vs 3-stage gap stops being noise: 24.4 vs 36.0 PCK in a one-seed trial, 12 batches gave
-        # both models too little training to separate them.
+        # on 2 CPU cores (the report has the measured time of each figure). At 120 steps a 6-stage
+        # model reached only 25.5% PCK, barely trained; at 240 a one-seed trial gave 24.4% for 1 stage
+        # and 36.0% for 3.
         "full": Budget(
             seeds=(0, 1),
             overrides=_steps(epochs=10, train_batches=24, val_batches=4, batch_size=16),
