@@ -52,9 +52,9 @@ def test_decoded_peak_is_within_one_pixel_of_the_encoded_joint(setting, u, v):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_synthetic_annotations_are_consistent(seed):
-    image, joints, visibility, centre, scale = draw_person(np.random.default_rng(seed))
+@given(seed=st.integers(0, 2**32 - 1), bystanders=st.sampled_from([0, 2]))
+def test_synthetic_annotations_are_consistent(seed, bystanders):
+    image, joints, visibility, centre, scale = draw_person(np.random.default_rng(seed), bystanders=bystanders)
     assert image.shape == (CROP_SIZE, CROP_SIZE, 3) and image.dtype == np.uint8
     assert joints.shape == (14, 2) and np.isfinite(joints).all()
     assert set(np.unique(visibility)) <= {0, 1, 2}
@@ -62,5 +62,5 @@ def test_synthetic_annotations_are_consistent(seed):
     assert (visibility[outside] == 0).all() and (visibility[~outside] >= 1).all()
     assert scale > 0 and np.isfinite(centre).all()
     # Deterministic from the seed.
-    again = draw_person(np.random.default_rng(seed))
+    again = draw_person(np.random.default_rng(seed), bystanders=bystanders)
     assert np.array_equal(again[0], image) and np.array_equal(again[1], joints)

@@ -35,6 +35,7 @@ def test_quick_mode_runs_every_figure_and_writes_the_report(data_dir, tmp_path):
     for row in rows:  # the quick mode's sweep points: RFs, schemes, stage counts
         assert row in report, row
     assert "First-epoch RMS gradient by depth" in report
+    assert "Overrides for this figure, after the budget above: `model.num_stages=1,2`." in report
     for png in ("fig4.png", "fig5_gradients.png", "fig6b.png", "fig6c.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG", png
         assert f"({png})" in report
