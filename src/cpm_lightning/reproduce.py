@@ -1,8 +1,9 @@
 """`python -m cpm_lightning.reproduce [--mode quick|full] [--data synthetic|lsp]`: the paper's analyses.
 
 Runs the experiment sweeps of Figures 4, 5, 6b and 6c (conf/experiment/*, as Hydra multiruns of
-`cpm_lightning.train`, exactly what a user would launch) under one training budget, then writes
-REPORT.md with tables (mean and spread over seeds) and PNG plots.
+`cpm_lightning.train`, exactly what a user would launch) under one training budget (plus the
+per-figure overrides in BUDGETS, which the report names), then writes REPORT.md with tables
+(mean and spread over seeds) and PNG plots.
 
 - quick: tiny runs of every sweep (one seed, a few batches, fewer sweep points); proves the
   machinery in a couple of minutes on 2 CPU cores. No verdicts.
