@@ -210,6 +210,7 @@ def draw_person(
     image = _background(rng, size)
     _distractors(rng, image, target.limb_width, count=int(rng.integers(6, 12)))
     palette = _palette(rng)
+    # No random draw at all without bystanders: the default set stays what it always was.
     for _ in range(int(rng.integers(0, bystanders + 1)) if bystanders else 0):
         other = _bystander(rng, target, size)
         _draw(rng, image, other, palette if rng.random() < 0.5 else _palette(rng))
