@@ -26,7 +26,7 @@ timeout 150 "$PYTHON" benchmarks/bench_train_step.py --device cuda --batch 16 --
     || echo "gpu_check: torch.compile variant did not finish within 150 s; eager results above stand"
 
 # 4) The framework itself on the GPU, where Hydra and the loader's decoder are installed.
-"$PYTHON" -c "import hydra, simplejpeg" 2>/dev/null || { echo "gpu_check: no Hydra/simplejpeg, steps 4-5 skipped"; exit 0; }
+"$PYTHON" -c "import hydra, simplejpeg" 2>/dev/null || { echo "gpu_check: no Hydra/simplejpeg, steps 5-6 skipped"; exit 0; }
 DATA_DIR="${CPM_DATA_DIR:-data}"
 [ -f "$DATA_DIR/synthetic/train.h5" ] || timeout 60 "$PYTHON" -m data_prep synthetic --out "$DATA_DIR/synthetic"
 # 5) gradient-histogram overhead at the callback's default frequency, synchronised GPU timing.

@@ -82,7 +82,7 @@ def _distractors(rng: np.random.Generator, image: np.ndarray, limb_width: float,
 
 
 @dataclass
-class Figure:
+class Person:
     """One drawn person's pose and geometry (image coordinates, pixels)."""
 
     joints: np.ndarray  # (14, 2)
@@ -101,7 +101,7 @@ class Figure:
         return self.joints[[J["l_shoulder"], J["r_shoulder"], J["r_hip"], J["l_hip"]]]
 
 
-def _pose(rng: np.random.Generator, size: int, height: float | None = None, centre: np.ndarray | None = None) -> Figure:
+def _pose(rng: np.random.Generator, size: int, height: float | None = None, centre: np.ndarray | None = None) -> Person:
     """A random standing-to-acrobatic pose; the target person is centred, a bystander placed."""
     height = rng.uniform(0.42, 0.62) * size if height is None else height
     torso = 0.3 * height
@@ -133,7 +133,7 @@ def _pose(rng: np.random.Generator, size: int, height: float | None = None, cent
         knee_bend = leg_angle + rng.uniform(-1.0, 1.0)
         joints[J[f"{side}_knee"]] = joints[J[f"{side}_hip"]] + 0.24 * height * _unit(leg_angle)
         joints[J[f"{side}_ankle"]] = joints[J[f"{side}_knee"]] + 0.23 * height * _unit(knee_bend)
-    return Figure(joints, centre, up, right_on_screen, facing_front, height)
+    return Person(joints, centre, up, right_on_screen, facing_front, height)
 
 
 def _palette(rng: np.random.Generator) -> tuple:
@@ -141,11 +141,11 @@ def _palette(rng: np.random.Generator) -> tuple:
     return _colour(rng), _colour(rng), _colour(rng), _colour(rng)
 
 
-def _draw(rng: np.random.Generator, image: np.ndarray, figure: Figure, palette: tuple) -> np.ndarray:
-    """Draw `figure` onto `image`; returns its visibility (2 seen, 1 behind the torso, 0 outside)."""
+def _draw(rng: np.random.Generator, image: np.ndarray, person: Person, palette: tuple) -> np.ndarray:
+    """Draw `person` onto `image`; returns its visibility (2 seen, 1 behind the torso, 0 outside)."""
     skin, cloth, trousers, mark = palette
-    joints, up, width = figure.joints, figure.up, figure.limb_width
-    head_radius = 0.075 * figure.height
+    joints, up, width = person.joints, person.up, person.limb_width
+    head_radius = 0.075 * person.height
     head_centre = joints[J["neck"]] + up * head_radius * 1.1
     # Each limb goes behind the torso with some probability (then drawn first).
     limbs = []
@@ -162,7 +162,7 @@ def _draw(rng: np.random.Generator, image: np.ndarray, figure: Figure, palette: 
     for points, colour, behind in limbs:
         if behind:
             draw_limb(points, colour)
-    torso_polygon = figure.torso_polygon
+    torso_polygon = person.torso_polygon
     cv2.fillConvexPoly(image, np.round(torso_polygon * 16).astype(np.int32), cloth, cv2.LINE_AA, shift=4)
     # The facing cue on the torso: a stripe down the person's left side.
     stripe_top = joints[J["l_shoulder"]] * 0.7 + joints[J["r_shoulder"]] * 0.3
@@ -170,9 +170,9 @@ def _draw(rng: np.random.Generator, image: np.ndarray, figure: Figure, palette: 
     _stroke(image, stripe_top, stripe_bottom, mark, max(2, int(width * 0.5)))
     _stroke(image, joints[J["neck"]], head_centre, skin, int(width))
     _disc(image, head_centre, head_radius, skin)
-    if figure.facing_front:  # eyes: the face is the cue that this is the person's front
+    if person.facing_front:  # eyes: the face is the cue that this is the person's front
         for s in (-1, 1):
-            _disc(image, head_centre + up * 0.2 * head_radius + s * figure.right_on_screen * 0.4 * head_radius,
+            _disc(image, head_centre + up * 0.2 * head_radius + s * person.right_on_screen * 0.4 * head_radius,
                   max(1.0, 0.18 * head_radius), (20, 20, 20))  # fmt: skip
     else:  # hair
         _disc(image, head_centre + up * 0.25 * head_radius, 0.8 * head_radius, (60, 40, 20))
@@ -189,7 +189,7 @@ def _draw(rng: np.random.Generator, image: np.ndarray, figure: Figure, palette: 
     return visibility
 
 
-def _bystander(rng: np.random.Generator, target: Figure, size: int) -> Figure:
+def _bystander(rng: np.random.Generator, target: Person, size: int) -> Person:
     """Another person beside the target, overlapping it: limbs interleave with the target's."""
     height = target.height * rng.uniform(0.85, 1.15)
     offset = target.height * rng.uniform(0.35, 0.7) * _unit(rng.uniform(0, 2 * np.pi))
