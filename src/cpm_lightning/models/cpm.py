@@ -186,18 +186,25 @@ class CPM(nn.Module):
         return [m for m in (trunk, self.stages[stage - 2]) if m is not None]
 
     def pooled_centre_map(self, image: torch.Tensor, centre_map: torch.Tensor | None) -> torch.Tensor:
-        if centre_map is None:
+        if centre_map is not None:
+            return self.centre_pool(centre_map)
+        if torch.compiler.is_compiling():
+            # Built inside the compiled graph (a few thousand flops): filling the cache there
+            # changes state the graph was traced with, which recompiled it on the next call.
+            pooled = self._default_pooled_centre(image)
+        else:
             key = (image.shape[-2], image.shape[-1], image.device, image.dtype)
             if key not in self._centre_cache:
-                from cpm_lightning.data.targets import render_centre_map
-
-                assert image.shape[-2] == image.shape[-1], "the default centre map needs a square input"
-                with torch.no_grad():
-                    full = render_centre_map(image.shape[-1]).to(image.device, image.dtype)
-                    self._centre_cache[key] = self.centre_pool(full)
+                self._centre_cache[key] = self._default_pooled_centre(image)
             pooled = self._centre_cache[key]
-            return pooled.expand(image.shape[0], -1, -1, -1)
-        return self.centre_pool(centre_map)
+        return pooled.expand(image.shape[0], -1, -1, -1)
+
+    def _default_pooled_centre(self, image: torch.Tensor) -> torch.Tensor:
+        from cpm_lightning.data.targets import render_centre_map
+
+        assert image.shape[-2] == image.shape[-1], "the default centre map needs a square input"
+        with torch.no_grad():
+            return self.centre_pool(render_centre_map(image.shape[-1]).to(image.device, image.dtype))
 
     def forward(
         self, image: torch.Tensor, centre_map: torch.Tensor | None = None, num_stages: int | None = None
