@@ -26,10 +26,12 @@ def stage_losses(
     if reduction not in REDUCTIONS:
         raise ConfigError(f"loss reduction {reduction!r} is invalid: choose one of {REDUCTIONS}")
     stage1_targets = targets if stage1_targets is None else stage1_targets
-    per_stage_targets = targets[:, None].expand_as(belief_maps)
-    if belief_maps.shape[1] > 0:
-        per_stage_targets = torch.cat([stage1_targets[:, None], per_stage_targets[:, 1:]], dim=1)
-    squared = (belief_maps.float() - per_stage_targets.float()).pow(2)
+    beliefs = belief_maps.float()
+    # Each target broadcasts over its stages (no (N, T, C, h, w) copy of the targets); stage 1's
+    # error is then written over its slice, which keeps the summation order of one tensor.
+    error = beliefs - targets.float()[:, None]
+    error[:, :1] = beliefs[:, :1] - stage1_targets.float()[:, None]
+    squared = error.pow(2)
     if reduction == "paper":
         return squared.sum(dim=(0, 2, 3, 4)) / (2 * belief_maps.shape[0])
     return squared.mean(dim=(0, 2, 3, 4))
