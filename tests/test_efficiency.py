@@ -81,11 +81,11 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert relative < 2e-2  # bf16 has 8 mantissa bits: ~0.4% per op
 
 
-def first_update(tiny_config, *overrides: str) -> dict[str, torch.Tensor]:
-    """The parameter change of one real optimiser step of the Trainer (SGD, no dropout, same
-    initial weights) on the first 8 samples of the epoch."""
+def first_update(tiny_config, *overrides: str, optim: str = "paper") -> dict[str, torch.Tensor]:
+    """The parameter change of one real optimiser step of the Trainer (SGD unless `optim` says
+    otherwise, no dropout, same initial weights) on the first 8 samples of the epoch."""
     cfg = tiny_config(
-        "optim=paper", "optim.scheduler.name=none", "optim.lr=1e-3", "model.dropout=0", "trainer.max_epochs=1",
+        f"optim={optim}", "optim.scheduler.name=none", "optim.lr=1e-3", "model.dropout=0", "trainer.max_epochs=1",
         "+trainer.max_steps=1", "trainer.limit_val_batches=0", "~logger", "~callbacks.model_checkpoint", *overrides,
     )  # fmt: skip
     L.seed_everything(0)  # the same initial weights in every call
@@ -114,6 +114,25 @@ def test_checkpointing_and_channels_last_from_config_train_the_same_step(tiny_co
     assert_same_gradients(switched, plain, tol=1e-5)
 
 
+@pytest.mark.parametrize("optim", ["paper", "adam"])  # SGD with momentum, AdamW
+def test_fused_optimiser_applies_the_same_update(tiny_config, optim):
+    plain = first_update(tiny_config, optim=optim)
+    fused = first_update(tiny_config, "optim.fused=true", optim=optim)
+    assert_same_gradients(fused, plain, tol=1e-5)
+    assert any(update.abs().sum() > 0 for update in plain.values())
+
+
+def test_cpu_bf16_trainer_takes_the_fp32_step_to_bf16_accuracy(tiny_config):
+    # trainer=cpu_bf16: bf16 autocast on the CPU (the loss in fp32); SGD's update is lr x gradient.
+    # No BatchNorm: the conv biases before a BatchNorm have a zero gradient in exact arithmetic,
+    # so their relative error is noise over noise (the whole update's error is ~0.3% either way).
+    fp32 = first_update(tiny_config, "model.norm=none")
+    bf16 = first_update(tiny_config, "model.norm=none", "trainer=cpu_bf16")
+    assert_same_gradients(bf16, fp32, tol=5e-2)  # measured: at most 1.6% per tensor
+    with pytest.raises(AssertionError):  # and it is bf16 indeed, not fp32 to the last bit
+        assert_same_gradients(bf16, fp32, tol=1e-5)
+
+
 def test_bf16_mixed_trainer_runs_with_finite_loss(tiny_config):
     module, datamodule, trainer = build(tiny_config("trainer.precision=bf16-mixed", "~callbacks.model_checkpoint"))
     trainer.fit(module, datamodule=datamodule)
@@ -140,6 +159,22 @@ def test_compiled_model_matches_eager():
     out_compiled, grads_compiled = gradients(compiled, image)
     torch.testing.assert_close(out_compiled, out_eager, rtol=1e-4, atol=1e-5)
     assert_same_gradients(grads_compiled, grads_eager, tol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_mode_from_config_matches_eager(tiny_config):
+    """compile_mode reaches torch.compile (here the mode that autotunes, as on a GPU) and the
+    compiled module gives the eager outputs and gradients."""
+    # No BatchNorm: a conv bias before one has a zero gradient, whose relative error is noise.
+    overrides = ("compile=true", "compile_mode=max-autotune-no-cudagraphs", "model.dropout=0", "model.norm=none")
+    module, _, _ = build(tiny_config(*overrides))
+    assert module._forward is not module.model
+    module.train()
+    image = torch.randn(2, 3, 64, 64)
+    out_eager, grads_eager = gradients(module.model, image)
+    out_compiled, grads_compiled = gradients(module, image)  # CPMModule.forward: the compiled model
+    torch.testing.assert_close(out_compiled, out_eager, rtol=1e-4, atol=1e-5)
+    assert_same_gradients({n.removeprefix("model."): g for n, g in grads_compiled.items()}, grads_eager, tol=1e-5)
 
 
 def test_gpu_check_training_step_runs_without_hydra_albumentations_wandb(tmp_path):

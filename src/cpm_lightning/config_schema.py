@@ -16,7 +16,7 @@ The schemas are read from the code that consumes each node, so they cannot drift
                 too loose to check; max_epochs is also passed to CPMModule and typed by it
     test_time   InferenceOptions (evaluate, predict)
     top level   the keys the primary config (conf/<name>.yaml) and its default groups define;
-                channels_last and compile are typed by CPMModule, which receives them
+                channels_last, compile and compile_mode are typed by CPMModule, which receives them
 
 Other nodes (paths, callbacks, logger) are collections of free names and are not checked.
 """
@@ -73,6 +73,7 @@ class OptimKeys(TypedDict, total=False):
     stage1_bias_lr_mult: float
     bias_lr_mult: float
     loss_reduction: str
+    fused: bool
     scheduler: SchedulerKeys | None
 
 
@@ -91,6 +92,7 @@ def config_schema(cfg: DictConfig, config_name: str) -> Schema:
     node_schemas = {
         "channels_last": module_arguments["channels_last"],
         "compile": module_arguments["compile"],
+        "compile_mode": module_arguments["compile_mode"],
         "model": {**keys_of(CPM), **keys_of(CPMConfig)},
         "scheme": keys_of(build_scheme, passed_by_caller=("num_stages", "max_epochs")),
         "optim": OptimKeys,

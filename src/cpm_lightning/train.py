@@ -34,6 +34,7 @@ def build(cfg: DictConfig) -> tuple[CPMModule, L.LightningDataModule, L.Trainer]
         input_size=cfg.data.input_size,
         channels_last=cfg.channels_last,
         compile=cfg.compile,
+        compile_mode=cfg.compile_mode,
     )
     datamodule = hydra.utils.instantiate(cfg.data, stride=module.model.stride)
     datamodule.check_files("fit")  # a missing or stale file stops here, before any training
