@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from cpm_lightning.data.h5format import verify
+
 
 def stage_metrics(logged: dict, prefix: str, module) -> dict:
     """metrics.json body from the values Lightning logged under `prefix` ("val" or "test")."""
@@ -26,6 +28,12 @@ def stage_metrics(logged: dict, prefix: str, module) -> dict:
         "pck_mean_over_stages": sum(s["pck"] for s in stages) / num_stages,
         "loss_total": float(logged[f"{prefix}/loss"]),
     }
+
+
+def left_right_convention(data_file: str) -> str | None:
+    """The converter's left/right choice recorded in the file's provenance (FLIC's --left-right:
+    "release" or "as_annotated"); None for data whose converter has no such choice."""
+    return verify(data_file)["provenance"].get("options", {}).get("left_right")
 
 
 def print_stage_table(metrics: dict) -> None:

@@ -20,7 +20,7 @@ from cpm_lightning.callbacks.fault_tolerance import resolve_ckpt_path
 from cpm_lightning.config_schema import CONFIG_DIR, check_config
 from cpm_lightning.errors import report_user_errors
 from cpm_lightning.module import CPMModule
-from cpm_lightning.reporting import print_stage_table, stage_metrics
+from cpm_lightning.reporting import left_right_convention, print_stage_table, stage_metrics
 
 
 def build(cfg: DictConfig) -> tuple[CPMModule, L.LightningDataModule, L.Trainer]:
@@ -81,6 +81,7 @@ def train(cfg: DictConfig) -> dict:
         "experiment": cfg.name,
         "split": "val",
         "checkpoint": best,
+        "left_right": left_right_convention(datamodule.val_file),
         **stage_metrics(results, "val", module),
         **training_progress(trainer, output_dir),
     }
